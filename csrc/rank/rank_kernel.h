@@ -1,0 +1,417 @@
+// Lock-step batched rank kernels.  This header is compiled once per
+// instruction set (rank_cpu_generic.cpp, rank_cpu_avx2.cpp); each includes it
+// with PYPRUNE_KERNEL_NS set to a distinct namespace, so the two copies never
+// collide at link time.  See rank.h for the algorithms and the contract.
+//
+// Layout: kLanes matrices travel together; every "scalar" below is a vector
+// whose lane l belongs to matrix l of the group.  All lanes follow the same
+// control flow (the matrices have the same shape); per-lane decisions (a
+// Householder vector that is already zero, a Sturm pivot sign) are blends.
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "rank/rank.h"
+
+#ifndef PYPRUNE_KERNEL_NS
+#error "define PYPRUNE_KERNEL_NS before including rank_kernel.h"
+#endif
+
+namespace pyprune {
+namespace PYPRUNE_KERNEL_NS {
+
+static_assert(kLanes == 4, "the vector type below holds 4 doubles");
+typedef double vd __attribute__((vector_size(32)));
+
+inline vd splat(double x) { return vd{x, x, x, x}; }
+inline vd vabs(vd x) { return x < splat(0.0) ? -x : x; }
+inline vd vmax(vd a, vd b) { return a > b ? a : b; }
+inline vd vsqrt(vd x) {
+  vd r;
+  for (int l = 0; l < kLanes; ++l) r[l] = std::sqrt(x[l]);
+  return r;
+}
+// Power of two closest below 1/x for x > 0 (1 for x == 0): exact scaling.
+inline double pow2_recip(double x) {
+  if (!(x > 0.0) || !std::isfinite(x)) return 1.0;
+  int e;
+  std::frexp(x, &e);  // x = f * 2^e, f in [0.5, 1)
+  return std::ldexp(1.0, -e);
+}
+
+struct Half { uint16_t bits; };
+struct BFloat16 { uint16_t bits; };
+
+inline double to_double(float v) { return v; }
+inline double to_double(double v) { return v; }
+inline double to_double(BFloat16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline double to_double(Half v) {
+  const uint32_t sign = (v.bits & 0x8000u) ? 1u : 0u;
+  const uint32_t exp = (v.bits >> 10) & 0x1fu;
+  const uint32_t mant = v.bits & 0x3ffu;
+  double r;
+  if (exp == 0) {
+    r = std::ldexp(static_cast<double>(mant), -24);
+  } else if (exp == 31) {
+    r = mant ? NAN : INFINITY;
+  } else {
+    r = std::ldexp(static_cast<double>(mant | 0x400u), static_cast<int>(exp) - 25);
+  }
+  return sign ? -r : r;
+}
+
+// Logical m x n view (m >= n) of one matrix: element (r, c) at r*sr + c*sc.
+struct View {
+  int64_t m, n, sr, sc;
+};
+
+inline View logical_view(const RankJob& job) {
+  if (job.rows >= job.cols) return {job.rows, job.cols, job.row_stride, job.col_stride};
+  return {job.cols, job.rows, job.col_stride, job.row_stride};
+}
+
+inline int64_t round4(int64_t n) { return (n + 3) & ~int64_t(3); }
+
+inline int64_t matrix_offset(const RankJob& job, int64_t b) {
+  int64_t off = 0;
+  for (int d = job.batch_ndim - 1; d >= 0; --d) {
+    const int64_t s = job.batch_sizes[d];
+    off += (b % s) * job.batch_strides[d];
+    b /= s;
+  }
+  return off;
+}
+
+// Loads the group into X as doubles, X[r * ld + c] (row_major) or
+// X[c * ld + r]; lanes >= nl are zero.  Returns per-lane finiteness flags.
+template <class T>
+void load_group(const RankJob& job, const View& v, const int64_t* offs, int nl,
+                bool row_major, int64_t ld, vd* X, bool* finite) {
+  const T* base = static_cast<const T*>(job.data);
+  const int64_t total = row_major ? v.m * ld : v.n * ld;
+  std::memset(static_cast<void*>(X), 0, sizeof(vd) * total);
+  for (int l = 0; l < kLanes; ++l) finite[l] = true;
+  for (int l = 0; l < nl; ++l) {
+    const T* p = base + offs[l];
+    double acc = 0.0;
+    for (int64_t r = 0; r < v.m; ++r) {
+      const T* pr = p + r * v.sr;
+      for (int64_t c = 0; c < v.n; ++c) {
+        const double x = to_double(pr[c * v.sc]);
+        acc += x * 0.0;  // NaN iff some x is NaN or Inf
+        X[row_major ? r * ld + c : c * ld + r][l] = x;
+      }
+    }
+    finite[l] = (acc == 0.0);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Sturm counts on a symmetric tridiagonal matrix (d, e2 = squared off-diagonal).
+
+// Per lane: number of eigenvalues <= x.  Pivots of magnitude below pivmin are
+// replaced by -pivmin (LAPACK dlaebz convention), so a zero pivot counts.
+inline vd count_le(const vd* d, const vd* e2, int64_t n, vd x, vd pivmin) {
+  const vd one = splat(1.0), zero = splat(0.0);
+  vd q = d[0] - x;
+  q = vabs(q) < pivmin ? -pivmin : q;
+  vd cnt = q <= zero ? one : zero;
+  for (int64_t i = 1; i < n; ++i) {
+    q = (d[i] - x) - e2[i - 1] / q;
+    q = vabs(q) < pivmin ? -pivmin : q;
+    cnt += q <= zero ? one : zero;
+  }
+  return cnt;
+}
+
+// Largest eigenvalue by bisection in [lo, hi] (per lane), `iters` halvings.
+inline vd largest_eigenvalue(const vd* d, const vd* e2, int64_t n, vd lo, vd hi, vd pivmin, int iters) {
+  const vd nn = splat(static_cast<double>(n));
+  for (int it = 0; it < iters; ++it) {
+    const vd mid = 0.5 * (lo + hi);
+    const vd above = nn - count_le(d, e2, n, mid, pivmin);  // eigenvalues > mid
+    lo = above > splat(0.0) ? mid : lo;
+    hi = above > splat(0.0) ? hi : mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+// 34 halvings of an interval [L, 3L] leave a relative width of 1.2e-10: tol is
+// then exact to far better than the 1% margin of the contract.
+constexpr int kBisectIters = 34;
+
+// Householder vector for x (length len, x[0] = alpha): returns tau and beta
+// with (I - tau v v^T) x = beta e1, v[0] = 1, v[i] = x[i] * scal.  Lanes whose
+// x[1:] is already zero get tau = 0 and beta = alpha.
+struct House {
+  vd tau, beta, scal;
+};
+inline House householder(const vd* x, int64_t len) {
+  const vd zero = splat(0.0), one = splat(1.0);
+  const vd alpha = x[0];
+  vd sigma = zero;
+  for (int64_t i = 1; i < len; ++i) sigma += x[i] * x[i];
+  const vd live_norm = vsqrt(alpha * alpha + sigma);
+  const vd beta_live = alpha >= zero ? -live_norm : live_norm;
+  const auto live = sigma > zero;
+  const vd beta = live ? beta_live : alpha;
+  const vd safe_beta = live ? beta_live : one;
+  const vd denom = live ? alpha - beta_live : one;
+  return {live ? (beta_live - alpha) / safe_beta : zero, beta, one / denom};
+}
+
+// ---------------------------------------------------------------------------
+// Gram path (float32 / float16 / bfloat16).
+
+inline int64_t col_start(int64_t j, int64_t n) { return j * n - j * (j - 1) / 2; }
+
+// G (packed lower, column-major) = X^T X for row-major X (m x ld, ld % 4 == 0).
+inline void gram(const vd* X, int64_t m, int64_t n, int64_t ld, vd* G) {
+  for (int64_t b0 = 0; b0 < n; b0 += 2) {
+    for (int64_t a0 = b0 & ~int64_t(3); a0 < n; a0 += 4) {
+      vd c00 = splat(0.0), c01 = c00, c02 = c00, c03 = c00;
+      vd c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+      const vd* xr = X;
+      for (int64_t r = 0; r < m; ++r, xr += ld) {
+        const vd xb0 = xr[b0], xb1 = xr[b0 + 1];
+        const vd xa0 = xr[a0], xa1 = xr[a0 + 1], xa2 = xr[a0 + 2], xa3 = xr[a0 + 3];
+        c00 += xb0 * xa0; c01 += xb0 * xa1; c02 += xb0 * xa2; c03 += xb0 * xa3;
+        c10 += xb1 * xa0; c11 += xb1 * xa1; c12 += xb1 * xa2; c13 += xb1 * xa3;
+      }
+      const vd acc[2][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}};
+      for (int j = 0; j < 2; ++j) {
+        const int64_t b = b0 + j;
+        if (b >= n) continue;
+        for (int i = 0; i < 4; ++i) {
+          const int64_t a = a0 + i;
+          if (a >= b && a < n) G[col_start(b, n) + (a - b)] = acc[j][i];
+        }
+      }
+    }
+  }
+}
+
+// Householder reduction of packed-lower G to tridiagonal (d, e); G is destroyed.
+inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p) {
+  for (int64_t k = 0; k + 2 < n; ++k) {
+    vd* colk = G + col_start(k, n);
+    d[k] = colk[0];
+    const vd* x = colk + 1;
+    const int64_t len = n - k - 1;
+    const House h = householder(x, len);
+    e[k] = h.beta;
+    v[0] = splat(1.0);
+    for (int64_t i = 1; i < len; ++i) v[i] = x[i] * h.scal;
+    // p = tau * A v, A = trailing block (packed lower).
+    for (int64_t i = 0; i < len; ++i) p[i] = splat(0.0);
+    for (int64_t jj = 0; jj < len; ++jj) {
+      const vd* col = G + col_start(k + 1 + jj, n);
+      const vd vj = v[jj];
+      vd t = col[0] * vj;
+      const int64_t rest = len - jj;
+      vd* pp = p + jj;
+      const vd* vv = v + jj;
+      for (int64_t s = 1; s < rest; ++s) {
+        const vd a = col[s];
+        pp[s] += a * vj;
+        t += a * vv[s];
+      }
+      p[jj] += t;
+    }
+    vd pv = splat(0.0);
+    for (int64_t i = 0; i < len; ++i) {
+      p[i] *= h.tau;
+      pv += p[i] * v[i];
+    }
+    const vd K = 0.5 * h.tau * pv;
+    for (int64_t i = 0; i < len; ++i) p[i] -= K * v[i];  // p is now w
+    for (int64_t jj = 0; jj < len; ++jj) {
+      vd* col = G + col_start(k + 1 + jj, n);
+      const vd wj = p[jj], vj = v[jj];
+      const int64_t rest = len - jj;
+      const vd* vv = v + jj;
+      const vd* ww = p + jj;
+      for (int64_t s = 0; s < rest; ++s) col[s] -= vv[s] * wj + ww[s] * vj;
+    }
+  }
+  if (n >= 2) {
+    d[n - 2] = G[col_start(n - 2, n)];
+    e[n - 2] = G[col_start(n - 2, n) + 1];
+  }
+  d[n - 1] = G[col_start(n - 1, n)];
+}
+
+inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol) {
+  vd* d = work;
+  vd* e = d + n;
+  vd* v = e + n;
+  vd* p = v + n;
+  // Exact power-of-two scaling so the largest diagonal entry is in [0.5, 1).
+  vd maxdiag = splat(0.0);
+  for (int64_t j = 0; j < n; ++j) maxdiag = vmax(maxdiag, G[col_start(j, n)]);
+  vd s;
+  for (int l = 0; l < kLanes; ++l) s[l] = pow2_recip(maxdiag[l]);
+  const int64_t packed = n * (n + 1) / 2;
+  for (int64_t i = 0; i < packed; ++i) G[i] *= s;
+  tridiagonalize(G, n, d, e, v, p);
+  vd* e2 = v;  // v is free now
+  vd maxd = splat(0.0), hi = splat(0.0), maxe2 = splat(0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const vd left = i > 0 ? vabs(e[i - 1]) : splat(0.0);
+    const vd right = i + 1 < n ? vabs(e[i]) : splat(0.0);
+    maxd = vmax(maxd, d[i]);
+    hi = vmax(hi, d[i] + left + right);
+    if (i + 1 < n) {
+      e2[i] = e[i] * e[i];
+      maxe2 = vmax(maxe2, e2[i]);
+    }
+  }
+  const vd pivmin = DBL_MIN * vmax(splat(1.0), maxe2);
+  // G is positive semidefinite: |e_i| <= max d <= lambda_max, so hi <= 3 lambda_max.
+  const vd lo = vmax(maxd, hi * (1.0 / 3.0));
+  const vd lmax = largest_eigenvalue(d, e2, n, lo, hi, pivmin, kBisectIters);
+  // sigma > tol  <=>  lambda > tol^2 (in the scaled units of G).
+  const vd thr = vmax(splat(atol * atol) * s, splat(rtol * rtol) * lmax);
+  return splat(static_cast<double>(n)) - count_le(d, e2, n, thr, pivmin);
+}
+
+// ---------------------------------------------------------------------------
+// Bidiagonal path (float64): X column-major, X[c * m + r].
+
+inline vd bidiag_ranks(vd* X, int64_t m, int64_t n, vd* work, double atol, double rtol) {
+  vd* d = work;            // n
+  vd* e = d + n;           // n
+  vd* u = e + n;           // n
+  vd* y = u + n;           // m
+  vd* off2 = y + m;        // 2n (squared Golub-Kahan off-diagonals)
+  vd* zeros = off2 + 2 * n;  // 2n
+  // Exact scaling so the largest magnitude is in [0.5, 1).
+  vd maxabs = splat(0.0);
+  for (int64_t i = 0; i < m * n; ++i) maxabs = vmax(maxabs, vabs(X[i]));
+  vd s;
+  for (int l = 0; l < kLanes; ++l) s[l] = pow2_recip(maxabs[l]);
+  for (int64_t i = 0; i < m * n; ++i) X[i] *= s;
+
+  for (int64_t k = 0; k < n; ++k) {
+    // Left reflector: zero X[k+1:, k].
+    vd* col = X + k * m + k;
+    const int64_t len = m - k;
+    const House h = householder(col, len);
+    d[k] = h.beta;
+    for (int64_t i = 1; i < len; ++i) col[i] *= h.scal;  // col holds v (v[0] = 1 implied)
+    for (int64_t j = k + 1; j < n; ++j) {
+      vd* cj = X + j * m + k;
+      vd t = cj[0];
+      for (int64_t i = 1; i < len; ++i) t += col[i] * cj[i];
+      t *= h.tau;
+      cj[0] -= t;
+      for (int64_t i = 1; i < len; ++i) cj[i] -= t * col[i];
+    }
+    if (k + 1 >= n) break;
+    // Right reflector: zero X[k, k+2:].
+    const int64_t len2 = n - k - 1;
+    for (int64_t t = 0; t < len2; ++t) u[t] = X[(k + 1 + t) * m + k];
+    const House g = householder(u, len2);
+    e[k] = g.beta;
+    u[0] = splat(1.0);
+    for (int64_t t = 1; t < len2; ++t) u[t] *= g.scal;
+    const int64_t rows = m - k - 1;
+    for (int64_t i = 0; i < rows; ++i) y[i] = splat(0.0);
+    for (int64_t t = 0; t < len2; ++t) {
+      const vd* ct = X + (k + 1 + t) * m + (k + 1);
+      const vd ut = u[t];
+      for (int64_t i = 0; i < rows; ++i) y[i] += ct[i] * ut;
+    }
+    for (int64_t t = 0; t < len2; ++t) {
+      vd* ct = X + (k + 1 + t) * m + (k + 1);
+      const vd f = g.tau * u[t];
+      for (int64_t i = 0; i < rows; ++i) ct[i] -= f * y[i];
+    }
+  }
+  // Golub-Kahan tridiagonal: zero diagonal, off-diagonal d0, e0, d1, e1, ..., d_{n-1}.
+  const int64_t nn = 2 * n;
+  vd maxo = splat(0.0), maxo2 = splat(0.0);
+  for (int64_t i = 0; i < nn - 1; ++i) {
+    const vd o = (i % 2 == 0) ? d[i / 2] : e[i / 2];
+    off2[i] = o * o;
+    maxo = vmax(maxo, vabs(o));
+    maxo2 = vmax(maxo2, off2[i]);
+  }
+  for (int64_t i = 0; i < nn; ++i) zeros[i] = splat(0.0);
+  vd hi = splat(0.0);
+  for (int64_t i = 0; i < nn; ++i) {
+    const vd left = i > 0 ? vsqrt(off2[i - 1]) : splat(0.0);
+    const vd right = i + 1 < nn ? vsqrt(off2[i]) : splat(0.0);
+    hi = vmax(hi, left + right);
+  }
+  const vd pivmin = DBL_MIN * vmax(splat(1.0), maxo2);
+  // Every entry of the bidiagonal is <= sigma_max and hi <= 2 max|o|.
+  const vd lo = vmax(maxo, 0.5 * hi);
+  const vd smax = largest_eigenvalue(zeros, off2, nn, lo, hi, pivmin, kBisectIters);
+  const vd thr = vmax(splat(atol) * s, splat(rtol) * smax);
+  return splat(static_cast<double>(nn)) - count_le(zeros, off2, nn, thr, pivmin);
+}
+
+// ---------------------------------------------------------------------------
+
+inline int64_t workspace_doubles(int64_t rows, int64_t cols, DType dtype) {
+  const int64_t m = std::max(rows, cols), n = std::min(rows, cols);
+  const int64_t ld = round4(n);
+  int64_t vecs;
+  if (dtype == DType::kFloat64) {
+    vecs = m * n + 3 * n + m + 4 * n + 8;
+  } else {
+    vecs = m * ld + n * (n + 1) / 2 + 4 * n + 8;
+  }
+  return vecs * kLanes + 8;  // + slack for alignment
+}
+
+template <class T>
+void rank_range_typed(const RankJob& job, int64_t g0, int64_t g1, double* ws_raw) {
+  const View v = logical_view(job);
+  const int64_t m = v.m, n = v.n;
+  int64_t nmat = 1;
+  for (int d = 0; d < job.batch_ndim; ++d) nmat *= job.batch_sizes[d];
+  vd* ws = reinterpret_cast<vd*>((reinterpret_cast<uintptr_t>(ws_raw) + 31) & ~uintptr_t(31));
+  const bool f64 = job.dtype == DType::kFloat64;
+  const int64_t ld = f64 ? m : round4(n);
+  vd* X = ws;
+  vd* G = X + (f64 ? m * n : m * ld);
+  vd* work = f64 ? G : G + n * (n + 1) / 2;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t b0 = g * kLanes;
+    const int nl = static_cast<int>(std::min<int64_t>(kLanes, nmat - b0));
+    int64_t offs[kLanes];
+    for (int l = 0; l < nl; ++l) offs[l] = matrix_offset(job, b0 + l);
+    bool finite[kLanes];
+    vd ranks;
+    if (f64) {
+      load_group<T>(job, v, offs, nl, /*row_major=*/false, m, X, finite);
+      ranks = bidiag_ranks(X, m, n, work, job.atol, job.rtol);
+    } else {
+      load_group<T>(job, v, offs, nl, /*row_major=*/true, ld, X, finite);
+      gram(X, m, n, ld, G);
+      ranks = gram_ranks(G, n, work, job.atol, job.rtol);
+    }
+    for (int l = 0; l < nl; ++l) job.out[b0 + l] = finite[l] ? static_cast<int64_t>(ranks[l]) : -1;
+  }
+}
+
+inline void rank_range(const RankJob& job, int64_t g0, int64_t g1, double* ws) {
+  switch (job.dtype) {
+    case DType::kFloat32: rank_range_typed<float>(job, g0, g1, ws); break;
+    case DType::kFloat64: rank_range_typed<double>(job, g0, g1, ws); break;
+    case DType::kFloat16: rank_range_typed<Half>(job, g0, g1, ws); break;
+    case DType::kBFloat16: rank_range_typed<BFloat16>(job, g0, g1, ws); break;
+  }
+}
+
+}  // namespace PYPRUNE_KERNEL_NS
+}  // namespace pyprune

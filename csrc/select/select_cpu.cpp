@@ -1,0 +1,135 @@
+#include "select/select.h"
+
+#include <cstring>
+#include <stdexcept>
+
+#include "common/parallel.h"
+
+namespace pyprune {
+namespace {
+
+// Walks the kept grid of one job in memory order, starting at flat index t.
+struct Cursor {
+  const SelectJob* job;
+  int64_t idx[16];   // position in each dim's kept list
+  int64_t src_off;   // byte offset of the current chunk in the source
+
+  void seek(int64_t t) {
+    const auto& dims = job->dims;
+    src_off = 0;
+    for (int d = static_cast<int>(dims.size()) - 1; d >= 0; --d) {
+      const int64_t n = dims[d].keep_len;
+      idx[d] = t % n;
+      t /= n;
+      src_off += kept(d, idx[d]) * dims[d].stride;
+    }
+  }
+
+  int64_t kept(int d, int64_t i) const {
+    const SelectDim& dim = job->dims[d];
+    return dim.keep ? dim.keep[i] : i;
+  }
+
+  void next() {
+    const auto& dims = job->dims;
+    for (int d = static_cast<int>(dims.size()) - 1; d >= 0; --d) {
+      const int64_t before = kept(d, idx[d]);
+      if (++idx[d] < dims[d].keep_len) {
+        src_off += (kept(d, idx[d]) - before) * dims[d].stride;
+        return;
+      }
+      src_off -= before * dims[d].stride;  // wrap to index 0 (kept(d, 0) below)
+      idx[d] = 0;
+      src_off += kept(d, 0) * dims[d].stride;
+    }
+  }
+};
+
+// Copies a chunk whose size is a multiple of 4 bytes and at most 64: the
+// common case of conv kernels (3x3 float = 36 bytes) selected along dim 1.
+inline void copy_words(char* __restrict dst, const char* __restrict src, int64_t n) {
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+  const uint32_t* s = reinterpret_cast<const uint32_t*>(src);
+  for (int64_t i = 0; i < n / 4; ++i) {
+    uint32_t v;
+    std::memcpy(&v, s + i, 4);
+    std::memcpy(d + i, &v, 4);
+  }
+}
+
+// Copies chunks [t0, t1) of a job.  The caller guarantees that no destination
+// in the range overlaps a source in the range (or one not yet read).
+void copy_range(const SelectJob& job, int64_t t0, int64_t t1) {
+  if (t0 >= t1) return;
+  Cursor c{&job, {}, 0};
+  c.seek(t0);
+  const int64_t chunk = job.chunk_bytes;
+  char* dst = job.dst + t0 * chunk;
+  const char* src = job.src;
+  if (chunk <= 64 && chunk % 4 == 0) {
+    for (int64_t t = t0; t < t1; ++t, dst += chunk) {
+      copy_words(dst, src + c.src_off, chunk);
+      c.next();
+    }
+  } else {
+    for (int64_t t = t0; t < t1; ++t, dst += chunk) {
+      if (dst != src + c.src_off) std::memcpy(dst, src + c.src_off, static_cast<size_t>(chunk));
+      c.next();
+    }
+  }
+}
+
+constexpr int64_t kParallelBytes = 1 << 20;  // below this a job runs on one thread
+
+void run_parallel(const SelectJob& job, int64_t t0, int64_t t1, int threads) {
+  const int64_t bytes = (t1 - t0) * job.chunk_bytes;
+  const int use = bytes >= kParallelBytes ? threads : 1;
+  const int64_t grain = std::max<int64_t>(1, (kParallelBytes / 4) / std::max<int64_t>(1, job.chunk_bytes));
+  parallel_for(t1 - t0, use, grain, [&](int64_t b, int64_t e, int) { copy_range(job, t0 + b, t0 + e); });
+}
+
+void run_job(const SelectJob& job, int threads) {
+  if (job.dims.size() > 16) throw std::invalid_argument("select: more than 16 dimensions");
+  const int64_t total = select_job_bytes(job) / std::max<int64_t>(1, job.chunk_bytes);
+  if (total == 0 || job.chunk_bytes == 0) return;
+  if (job.dst != job.src) {
+    run_parallel(job, 0, total, threads);
+    return;
+  }
+  // In place.  dst(t) = t * chunk and src(t) are both increasing and the gap
+  // src(t) - dst(t) is a non-decreasing multiple of chunk, so: skip the prefix
+  // where the gap is zero, then copy in waves [ta, tb) with tb * chunk <=
+  // src(ta): every destination of a wave lies below every source of the wave
+  // and of the waves after it.
+  Cursor c{&job, {}, 0};
+  const int64_t chunk = job.chunk_bytes;
+  int64_t ta = 0;
+  // Binary search for the first chunk that moves (gap is monotone).
+  int64_t lo = 0, hi = total;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    c.seek(mid);
+    if (c.src_off == mid * chunk) lo = mid + 1; else hi = mid;
+  }
+  ta = lo;
+  while (ta < total) {
+    c.seek(ta);
+    const int64_t tb = std::min<int64_t>(total, c.src_off / chunk);
+    run_parallel(job, ta, tb, threads);
+    ta = tb;
+  }
+}
+
+}  // namespace
+
+int64_t select_job_bytes(const SelectJob& job) {
+  int64_t n = job.chunk_bytes;
+  for (const auto& d : job.dims) n *= d.keep_len;
+  return n;
+}
+
+void select_cpu(std::vector<SelectJob>& jobs, int threads) {
+  for (const auto& job : jobs) run_job(job, threads);
+}
+
+}  // namespace pyprune

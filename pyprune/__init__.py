@@ -1,0 +1,10 @@
+"""pyprune: structured pruning for PyTorch CNNs with a native C++/CUDA core.
+
+The compiled core (``pyprune._C``) takes raw buffers and never links libtorch; the
+``pyprune.ops`` layer validates arguments, allocates outputs with torch and calls it.
+"""
+from ._version import __version__
+from . import ops
+from ._info import build_info
+
+__all__ = ["__version__", "ops", "build_info"]

@@ -1,0 +1,130 @@
+"""Batched matrix rank: ``matrix_rank(x, *, atol=None, rtol=None)``."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import _C
+from ._common import resolve_threads
+
+__all__ = ["matrix_rank"]
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_MAX_BATCH_DIMS = 16
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+def _check_tol(name: str, value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"matrix_rank: {name} must be a real number or None, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"matrix_rank: {name} must be finite and >= 0, got {value}")
+    return value
+
+
+def _tolerances(dtype: torch.dtype, m: int, n: int, atol: Optional[float], rtol: Optional[float]) -> Tuple[float, float]:
+    """torch.linalg.matrix_rank's rule: tol = max(atol, rtol * sigma_max)."""
+    default_rtol = torch.finfo(dtype).eps * max(m, n)
+    if atol is None and rtol is None:
+        return 0.0, default_rtol
+    if rtol is None:  # atol given: rtol is 0 when atol > 0, else the default
+        return atol, (0.0 if atol > 0 else default_rtol)
+    return (0.0 if atol is None else atol), rtol
+
+
+def _coalesce(sizes: List[int], strides: List[int]) -> Tuple[List[int], List[int]]:
+    """Drop size-1 batch dims and merge adjacent ones that step like one dim."""
+    out_s: List[int] = []
+    out_t: List[int] = []
+    for s, t in zip(sizes, strides):
+        if s == 1:
+            continue
+        if out_s and out_t[-1] == t * s:
+            out_s[-1] *= s
+            out_t[-1] = t
+        else:
+            out_s.append(s)
+            out_t.append(t)
+    return out_s, out_t
+
+
+def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[float] = None,
+                threads: Optional[int] = None) -> ArrayLike:
+    """Rank of every matrix in the last two dimensions of ``x``.
+
+    Args:
+        x: tensor or numpy array of shape ``(..., M, N)`` (typically feature maps
+            ``(N, C, H, W)``), dtype float16, bfloat16, float32 or float64, any
+            strides (channels_last included).
+        atol, rtol: tolerances, with the rule of :func:`torch.linalg.matrix_rank`:
+            ``tol = max(atol, rtol * sigma_max)``; when both are None,
+            ``rtol = eps(x.dtype) * max(M, N)``; when only ``atol > 0`` is given,
+            ``rtol = 0``.  A singular value counts when it is ``> tol``.
+        threads: CPU threads (default :func:`pyprune.ops.get_num_threads`).
+
+    Returns:
+        int64 ranks of shape ``x.shape[:-2]`` on ``x``'s device (numpy in, numpy out).
+
+    Contract: the result equals ``#{sigma > tol}`` for a float64 SVD of the same
+    values wherever every singular value lies at least 1% (relative) away from
+    tol.  float32/16 inputs use a float64 Gram matrix, tridiagonalisation and
+    Sturm counts; float64 inputs use Golub-Kahan bidiagonalisation (see
+    ``csrc/rank/rank.h``).
+
+    Raises:
+        TypeError: ``x`` is not a tensor/array, or has an unsupported dtype.
+        ValueError: fewer than 2 dims, bad tolerances, or NaN/Inf in a matrix
+            (the message names the index of the first such matrix).
+    """
+    op = "matrix_rank"
+    is_numpy = isinstance(x, np.ndarray)
+    if is_numpy:
+        if x.dtype not in (np.float16, np.float32, np.float64):
+            raise TypeError(f"{op}: x must have dtype float16, float32 or float64, got numpy {x.dtype}")
+        if any(s < 0 for s in x.strides) or not x.dtype.isnative:
+            x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+        t = torch.from_numpy(x)
+    elif isinstance(x, torch.Tensor):
+        t = x
+    else:
+        raise TypeError(f"{op}: x must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if t.dtype not in _DTYPE_CODES:
+        raise TypeError(f"{op}: x must have dtype float16, bfloat16, float32 or float64, got {t.dtype}")
+    if t.dim() < 2:
+        raise ValueError(f"{op}: x must have at least 2 dims (..., M, N), got shape {tuple(t.shape)}")
+    atol = _check_tol("atol", atol)
+    rtol = _check_tol("rtol", rtol)
+    nthreads = resolve_threads(op, threads)
+
+    batch_shape = tuple(t.shape[:-2])
+    m, n = int(t.shape[-2]), int(t.shape[-1])
+    if t.device.type != "cpu":
+        # No CUDA kernel in this build yet: compute on a host copy, answer on x's device.
+        return matrix_rank(t.cpu(), atol=atol, rtol=rtol, threads=nthreads).to(t.device)
+    out = torch.empty(batch_shape, dtype=torch.int64)
+    if out.numel() == 0 or m == 0 or n == 0:
+        out.zero_()
+        return out.numpy() if is_numpy else out
+
+    a, r = _tolerances(t.dtype, m, n, atol, rtol)
+    sizes, strides = _coalesce(list(batch_shape), list(t.stride()[:-2]))
+    if len(sizes) > _MAX_BATCH_DIMS:
+        t = t.reshape(-1, m, n)
+        sizes, strides = _coalesce([t.shape[0]], [t.stride(0)])
+    code = _DTYPE_CODES[t.dtype]
+    ws = torch.empty(_C.rank_cpu_workspace_bytes(m, n, code, nthreads), dtype=torch.uint8)
+    _C.rank_cpu(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
+                out.data_ptr(), nthreads, ws.data_ptr())
+    bad = out < 0
+    if bool(bad.any()):
+        first = int(bad.reshape(-1).nonzero()[0, 0])
+        index = tuple(int(i) for i in np.unravel_index(first, batch_shape)) if batch_shape else ()
+        raise ValueError(f"{op}: x holds NaN or Inf in matrix {index} (the first such matrix)")
+    return out.numpy() if is_numpy else out
