@@ -1,0 +1,23 @@
+"""Channel dependency graph: which channels of a model must be pruned together.
+
+The graph is found by **torch.fx symbolic tracing** (``torch.fx.Tracer``) followed by
+one shape-propagation run on the example inputs.  Each traced op is interpreted by a
+handler from :data:`HANDLERS` (a dict keyed by module class, function or
+``"method:<name>"``).  Supported structures: conv -> BN -> activation chains, residual
+adds (identity or 1x1-conv shortcuts), ``torch.cat`` along channels, depthwise convs,
+``ConvTranspose``, ``Linear`` after flatten or global pooling, Linear -> Linear,
+channel-wise products (squeeze-and-excitation), modules called more than once.
+
+Anything the graph does not understand (a reshape that mixes channels, a custom op,
+a grouped conv, a submodule fx cannot trace) makes the channels it touches
+unprunable, with a reason shown by :meth:`DependencyGraph.explain`: the graph never
+produces a plan that would give a wrong model.
+
+This package never imports criteria or surgery and never changes the model.
+"""
+from ._build import DependencyGraph, GraphError, Group, build_graph
+from ._core import AttrMember, ChannelInfo, TensorMember
+from .handlers import HANDLERS, Context
+
+__all__ = ["build_graph", "DependencyGraph", "Group", "GraphError", "TensorMember",
+           "AttrMember", "ChannelInfo", "HANDLERS", "Context"]

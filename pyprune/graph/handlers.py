@@ -1,0 +1,755 @@
+"""Layer handlers: one registry dict from an fx target to a function.
+
+``HANDLERS`` maps
+
+* a module class (for ``call_module`` nodes; looked up along the class's MRO),
+* a Python function such as ``torch.cat`` or ``operator.add`` (``call_function``), or
+* the string ``"method:<name>"`` (``call_method`` nodes, e.g. ``"method:view"``)
+
+to ``handler(ctx, node, target) -> result`` where ``target`` is the module (for
+``call_module``) or the function / method name, and ``result`` is a
+:class:`~pyprune.graph._core.ChannelInfo` for a tensor output whose channels are
+tracked, ``None`` for anything untracked, or a tuple of those for tuple outputs.
+
+A handler records what it learns in ``ctx.state``: parameters whose slices follow
+channels (:meth:`Context.add_tensor`), module attributes equal to a channel count
+(:meth:`Context.add_attr`), channels that must be removed together
+(``ctx.state.unify``) and channels that must never be removed, with a reason
+(:meth:`Context.freeze`).  Anything without a handler freezes the channels it
+consumes (:func:`unknown`), so an unsupported op never yields a wrong model.
+
+Third-party code can add entries: ``HANDLERS[MyLayer] = my_handler``.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import fx
+
+from ._core import ChannelInfo, GraphState
+
+__all__ = ["HANDLERS", "Context", "Handler", "lookup", "unknown"]
+
+Result = Union[ChannelInfo, None, tuple]
+Handler = Callable[["Context", fx.Node, Any], Result]
+
+
+class Context:
+    """What a handler sees: the model, the traced node values and the graph state."""
+
+    def __init__(self, model: nn.Module, state: GraphState, param_names: Dict[int, str]) -> None:
+        self.model = model
+        self.state = state
+        self.env: Dict[fx.Node, Result] = {}
+        self._param_names = param_names  # id(tensor) -> canonical qualified name
+
+    # values -----------------------------------------------------------------------
+    def info(self, arg: Any) -> Optional[ChannelInfo]:
+        if isinstance(arg, fx.Node):
+            r = self.env.get(arg)
+            return r if isinstance(r, ChannelInfo) else None
+        return None
+
+    @staticmethod
+    def shape(arg: Any) -> Optional[Tuple[int, ...]]:
+        if isinstance(arg, fx.Node):
+            meta = arg.meta.get("tensor_meta")
+            if meta is not None and hasattr(meta, "shape"):
+                return tuple(int(s) for s in meta.shape)
+        return None
+
+    def all_infos(self, obj: Any) -> List[ChannelInfo]:
+        out: List[ChannelInfo] = []
+
+        def visit(a: Any) -> None:
+            if isinstance(a, fx.Node):
+                r = self.env.get(a)
+                stack = [r]
+                while stack:
+                    v = stack.pop()
+                    if isinstance(v, ChannelInfo):
+                        out.append(v)
+                    elif isinstance(v, tuple):
+                        stack.extend(v)
+            return None
+
+        fx.node.map_aggregate(obj, visit)
+        return out
+
+    def freeze(self, info: Optional[ChannelInfo], reason: str) -> None:
+        if info is not None:
+            self.state.freeze(info.elems, reason)
+
+    def freeze_all(self, node: fx.Node, reason: str) -> None:
+        for i in self.all_infos((node.args, node.kwargs)):
+            self.freeze(i, reason)
+
+    # parameters -------------------------------------------------------------------
+    def tensor_name(self, module: str, attr: str) -> Optional[str]:
+        mod = self.model.get_submodule(module) if module else self.model
+        t = getattr(mod, attr, None)
+        if not isinstance(t, torch.Tensor):
+            return None
+        return self._param_names.get(id(t))
+
+    def add_tensor(self, module: str, attr: str, dim: int, block: int, elems, role: str) -> None:
+        name = self.tensor_name(module, attr)
+        if name is not None:
+            self.state.add_tensor(name, dim, block, elems, role, module)
+
+    def add_attr(self, module: str, attr: str, block: int, elems) -> None:
+        self.state.add_attr(module, attr, block, elems)
+
+
+def _qual(node: fx.Node) -> str:
+    return str(node.target)
+
+
+def _describe(node: fx.Node) -> str:
+    t = node.target
+    if node.op == "call_module":
+        return f"module {t}"
+    if node.op == "call_method":
+        return f"method .{t}()"
+    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
+    mod = getattr(t, "__module__", None)
+    return f"function {mod + '.' if mod else ''}{name}"
+
+
+def unknown(ctx: Context, node: fx.Node, target: Any) -> Result:
+    """Default for anything without a handler: its inputs' channels become unprunable."""
+    ctx.freeze_all(node, f"unsupported op: {_describe(node)} (node {node.name})")
+    return None
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+# --------------------------------------------------------------------------------------
+# layers with parameters
+# --------------------------------------------------------------------------------------
+
+def _conv(ctx: Context, node: fx.Node, m: nn.modules.conv._ConvNd) -> Result:
+    name = _qual(node)
+    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+    in_dim_w, out_dim_w = (0, 1) if transposed else (1, 0)
+    if x is not None and x.dim != 1:
+        ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
+        x = None
+    g = m.groups
+    if g == 1:
+        if x is not None:
+            ctx.add_tensor(name, "weight", in_dim_w, x.block, x.elems, "in")
+            ctx.add_attr(name, "in_channels", x.block, x.elems)
+        if name in ctx.state.out_maps:
+            out = tuple(ctx.state.out_maps[name][0])
+        else:
+            out = ctx.state.new_space(name, m.out_channels)
+        ctx.add_tensor(name, "weight", out_dim_w, 1, out, "out")
+        if m.bias is not None:
+            ctx.add_tensor(name, "bias", 0, 1, out, "out")
+        ctx.add_attr(name, "out_channels", 1, out)
+        ctx.state.set_out(name, out, 1)
+        return ChannelInfo(1, out, 1)
+    depthwise = g == m.in_channels and m.out_channels % m.in_channels == 0
+    if depthwise and x is not None:
+        mult = m.out_channels // m.in_channels
+        blk = x.block * mult
+        # the depthwise conv ties each output channel to its input channel
+        if transposed:  # weight [in, mult, k...]
+            ctx.add_tensor(name, "weight", 0, x.block, x.elems, "out")
+        else:  # weight [out, 1, k...]
+            ctx.add_tensor(name, "weight", 0, blk, x.elems, "out")
+        if m.bias is not None:
+            ctx.add_tensor(name, "bias", 0, blk, x.elems, "out")
+        ctx.add_attr(name, "in_channels", x.block, x.elems)
+        ctx.add_attr(name, "groups", x.block, x.elems)
+        ctx.add_attr(name, "out_channels", blk, x.elems)
+        ctx.state.set_out(name, x.elems, blk)
+        return ChannelInfo(1, x.elems, blk)
+    if depthwise:
+        reason = f"{name}: depthwise conv whose input channels are not traced"
+    else:
+        reason = (f"{name}: grouped conv (groups={g}) is kept whole "
+                  "(pruning it would need equal removal in every group)")
+    ctx.freeze(x, reason)
+    if name in ctx.state.out_maps:
+        out = tuple(ctx.state.out_maps[name][0])
+        ctx.state.freeze(out, reason)
+    else:
+        out = ctx.state.new_space(name, m.out_channels, frozen=reason)
+    ctx.state.set_out(name, out, 1)
+    return ChannelInfo(1, out, 1)
+
+
+def _linear(ctx: Context, node: fx.Node, m: nn.Linear) -> Result:
+    name = _qual(node)
+    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    shape = ctx.shape(node)
+    if x is not None:
+        in_shape = ctx.shape(node.args[0])
+        if in_shape is None or x.dim != len(in_shape) - 1:
+            ctx.freeze(x, f"{name}: linear layer applied to a dim that is not the channel dim")
+        else:
+            ctx.add_tensor(name, "weight", 1, x.block, x.elems, "in")
+            ctx.add_attr(name, "in_features", x.block, x.elems)
+    if name in ctx.state.out_maps:
+        out = tuple(ctx.state.out_maps[name][0])
+    else:
+        out = ctx.state.new_space(name, m.out_features)
+    ctx.add_tensor(name, "weight", 0, 1, out, "out")
+    if m.bias is not None:
+        ctx.add_tensor(name, "bias", 0, 1, out, "out")
+    ctx.add_attr(name, "out_features", 1, out)
+    ctx.state.set_out(name, out, 1)
+    ndim = len(shape) if shape is not None else 2
+    return ChannelInfo(ndim - 1, out, 1)
+
+
+def _norm(ctx: Context, node: fx.Node, m: nn.Module) -> Result:
+    """BatchNorm / InstanceNorm: per-channel parameters and running statistics."""
+    name = _qual(node)
+    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    if x is None:
+        return None
+    if x.dim != 1:
+        ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
+        return None
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(m, attr, None) is not None:
+            ctx.add_tensor(name, attr, 0, x.block, x.elems, "out")
+    ctx.add_attr(name, "num_features", x.block, x.elems)
+    return x
+
+
+def _prelu(ctx: Context, node: fx.Node, m: nn.PReLU) -> Result:
+    name = _qual(node)
+    x = ctx.info(node.args[0])
+    if x is None or m.num_parameters == 1:
+        return x
+    if x.dim != 1:
+        ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
+        return None
+    ctx.add_tensor(name, "weight", 0, x.block, x.elems, "out")
+    ctx.add_attr(name, "num_parameters", x.block, x.elems)
+    return x
+
+
+def _group_norm(ctx: Context, node: fx.Node, m: nn.GroupNorm) -> Result:
+    name = _qual(node)
+    x = ctx.info(node.args[0])
+    if x is None:
+        return None
+    if m.num_groups != m.num_channels or x.dim != 1:
+        ctx.freeze(x, f"{name}: GroupNorm with {m.num_groups} groups mixes channels")
+        return None
+    if m.affine:
+        ctx.add_tensor(name, "weight", 0, x.block, x.elems, "out")
+        ctx.add_tensor(name, "bias", 0, x.block, x.elems, "out")
+    ctx.add_attr(name, "num_channels", x.block, x.elems)
+    ctx.add_attr(name, "num_groups", x.block, x.elems)
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# channel-preserving ops
+# --------------------------------------------------------------------------------------
+
+def _passthrough(ctx: Context, node: fx.Node, target: Any) -> Result:
+    """Elementwise unary ops: activations, dropout, identity, dtype casts."""
+    src = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+    return ctx.info(src)
+
+
+def _spatial(ctx: Context, node: fx.Node, target: Any) -> Result:
+    """Pooling / resizing: act on the trailing spatial dims, channels stay on dim 1."""
+    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    if x is None:
+        return None
+    shape = ctx.shape(node)
+    if x.dim != 1 or x.block != 1 or shape is None or len(shape) < 3 or shape[1] != x.size:
+        ctx.freeze(x, f"{_describe(node)} (node {node.name}) with channels not on dim 1")
+        return None
+    return x
+
+
+def _no_tensor(ctx: Context, node: fx.Node, target: Any) -> Result:
+    """Ops that only read metadata (size, dim, shape): nothing to track."""
+    if "tensor_meta" in node.meta:  # e.g. getattr(x, "T") returns a tensor
+        return unknown(ctx, node, target)
+    return None
+
+
+def _softmax(ctx: Context, node: fx.Node, target: Any) -> Result:
+    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    if x is None:
+        return None
+    if isinstance(target, nn.Module):
+        d = getattr(target, "dim", None)
+    else:
+        d = _arg(node, 1, "dim")
+    shape = ctx.shape(node)
+    if d is None or shape is None or _norm_dim(int(d), len(shape)) == x.dim:
+        ctx.freeze(x, f"{_describe(node)} (node {node.name}) normalises across channels")
+        return None
+    return x
+
+
+def _elementwise(ctx: Context, node: fx.Node, target: Any) -> Result:
+    """Broadcasting n-ary ops (add, mul, ...): channels at the same index are coupled."""
+    out_shape = ctx.shape(node)
+    tensor_args = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+    infos = [(a, ctx.info(a)) for a in tensor_args]
+    tracked = [(a, i) for a, i in infos if i is not None]
+    if not tracked:
+        return None
+    reason = f"{_describe(node)} (node {node.name}) combines channels it cannot align"
+    if out_shape is None:
+        for _, i in tracked:
+            ctx.freeze(i, reason)
+        return None
+    ndim = len(out_shape)
+
+    def aligned(a: fx.Node, i: ChannelInfo) -> Optional[int]:
+        s = ctx.shape(a)
+        if s is None:
+            return None
+        return i.dim + (ndim - len(s))
+
+    first_a, first = tracked[0]
+    d = aligned(first_a, first)
+    ok = d is not None and out_shape[d] == first.size
+    for a, i in tracked[1:]:
+        if not ok:
+            break
+        ok = aligned(a, i) == d and i.size == first.size and i.block == first.block
+    if ok:
+        for a, i in tracked[1:]:
+            ctx.state.unify(first.elems, i.elems)
+        for a, i in infos:
+            if i is not None:
+                continue
+            s = ctx.shape(a)
+            if s is None:
+                # a non-tensor node (a python scalar computed in the graph)
+                continue
+            da = d - (ndim - len(s))
+            if da < 0 or s[da] == 1:
+                continue  # broadcast along the channel dim
+            if a.op == "get_attr":
+                name = ctx._param_names.get(id(_fetch_attr(ctx.model, str(a.target))))
+                if name is not None and s[da] == first.size:
+                    ctx.state.add_tensor(name, da, first.block, first.elems, "out", str(a.target))
+                    continue
+            ok = False
+            break
+    if not ok:
+        for _, i in tracked:
+            ctx.freeze(i, reason)
+        return None
+    return ChannelInfo(d, first.elems, first.block)
+
+
+def _fetch_attr(model: nn.Module, target: str) -> Any:
+    obj: Any = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _cat(ctx: Context, node: fx.Node, target: Any) -> Result:
+    tensors = _arg(node, 0, "tensors")
+    if tensors is None:
+        tensors = node.kwargs.get("input")
+    d = _arg(node, 1, "dim", 0)
+    out_shape = ctx.shape(node)
+    reason = f"{_describe(node)} (node {node.name}) on tensors it cannot align"
+    if not isinstance(tensors, (list, tuple)) or out_shape is None or not isinstance(d, int):
+        ctx.freeze_all(node, reason)
+        return None
+    d = _norm_dim(d, len(out_shape))
+    infos = [ctx.info(t) for t in tensors]
+    tracked = [i for i in infos if i is not None]
+    if not tracked:
+        return None
+    if all(i.dim == d for i in tracked):
+        blk = tracked[0].block
+        elems: List[int] = []
+        for t, i in zip(tensors, infos):
+            if i is None:
+                s = ctx.shape(t)
+                if s is None or s[d] % blk:
+                    ctx.freeze_all(node, reason)
+                    return None
+                i = ChannelInfo(d, ctx.state.new_space(
+                    f"{node.name}:untraced-input", s[d] // blk,
+                    frozen=f"channels entering {node.name} from an untraced tensor"), blk)
+            elif i.block != blk:
+                ctx.freeze_all(node, reason + " (different channel blocks)")
+                return None
+            elems.extend(i.elems)
+        return ChannelInfo(d, tuple(elems), blk)
+    # concatenation along another dim: the channels at one index are coupled
+    return _cat_other(ctx, node, tensors, infos, d, reason)
+
+
+def _cat_other(ctx, node, tensors, infos, d, reason) -> Result:
+    tracked = [i for i in infos if i is not None]
+    first = tracked[0]
+    ok = all(i.dim == first.dim and i.size == first.size and i.block == first.block
+             for i in tracked) and all(i is not None for i in infos)
+    if not ok:
+        ctx.freeze_all(node, reason)
+        return None
+    for i in tracked[1:]:
+        ctx.state.unify(first.elems, i.elems)
+    return first
+
+
+def _reshape_rule(ctx: Context, node: fx.Node, x: ChannelInfo, in_shape, out_shape,
+                  literal: Optional[Sequence[Any]] = None) -> Result:
+    """Map the channel dim through a reshape using the traced shapes.
+
+    Channel ``c`` owns a contiguous run of ``q`` elements after the leading dims; the
+    reshape keeps channels intact when some output dim starts exactly after the same
+    leading dims and each of its indices lies inside one channel's run.
+    """
+    reason = f"{_describe(node)} (node {node.name}) mixes channels"
+    lead = math.prod(in_shape[: x.dim])
+    n = len(x.elems)
+    rest = math.prod(in_shape[x.dim:])
+    if n == 0 or rest % n:
+        ctx.freeze(x, reason)
+        return None
+    q = rest // n
+    for dp in range(len(out_shape) + 1):
+        if dp == len(out_shape):
+            break
+        if math.prod(out_shape[:dp]) != lead:
+            continue
+        if out_shape[dp] == 1 and n * q > 1 and (n > 1 or q > 1):
+            continue
+        r = math.prod(out_shape[dp + 1:])
+        if r == 0 or q % r:
+            break
+        if literal is not None and dp < len(literal) and isinstance(literal[dp], int) \
+                and literal[dp] != -1:
+            ctx.freeze(x, f"{_describe(node)} (node {node.name}) hard-codes the channel "
+                          f"count {literal[dp]}")
+            return None
+        return ChannelInfo(dp, x.elems, q // r)
+    ctx.freeze(x, reason)
+    return None
+
+
+def _reshape(ctx: Context, node: fx.Node, target: Any) -> Result:
+    src = node.args[0] if node.args else node.kwargs.get("input")
+    x = ctx.info(src)
+    if x is None:
+        return None
+    in_shape, out_shape = ctx.shape(src), ctx.shape(node)
+    if in_shape is None or out_shape is None:
+        ctx.freeze(x, f"{_describe(node)} (node {node.name}) without traced shapes")
+        return None
+    literal = None
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name in ("view", "reshape", "expand"):
+        sizes = node.args[1:]
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = sizes[0]
+        if not sizes:
+            sizes = node.kwargs.get("shape", node.kwargs.get("size", ()))
+        literal = list(sizes)
+    if name == "expand":
+        # expand keeps every dim of the input (aligned to the right)
+        d = x.dim + len(out_shape) - len(in_shape)
+        if out_shape[d] != x.size:
+            ctx.freeze(x, f"{_describe(node)} (node {node.name}) broadcasts channels")
+            return None
+        if literal is not None and d < len(literal) and isinstance(literal[d], int) \
+                and literal[d] != -1:
+            ctx.freeze(x, f"{_describe(node)} (node {node.name}) hard-codes the channel count")
+            return None
+        return ChannelInfo(d, x.elems, x.block)
+    return _reshape_rule(ctx, node, x, in_shape, out_shape, literal)
+
+
+def _expand_as(ctx: Context, node: fx.Node, target: Any) -> Result:
+    src = node.args[0]
+    x = ctx.info(src)
+    if x is None:
+        return None
+    in_shape, out_shape = ctx.shape(src), ctx.shape(node)
+    if in_shape is None or out_shape is None:
+        ctx.freeze(x, f"expand_as (node {node.name}) without traced shapes")
+        return None
+    d = x.dim + len(out_shape) - len(in_shape)
+    if out_shape[d] != x.size:
+        ctx.freeze(x, f"expand_as (node {node.name}) broadcasts channels")
+        return None
+    other = ctx.info(node.args[1])
+    if other is not None and other.dim == d and other.size == x.size and other.block == x.block:
+        ctx.state.unify(x.elems, other.elems)
+    return ChannelInfo(d, x.elems, x.block)
+
+
+def _permute(ctx: Context, node: fx.Node, target: Any) -> Result:
+    src = node.args[0] if node.args else node.kwargs.get("input")
+    x = ctx.info(src)
+    if x is None:
+        return None
+    shape = ctx.shape(node)
+    if shape is None:
+        ctx.freeze(x, f"{_describe(node)} (node {node.name}) without traced shapes")
+        return None
+    ndim = len(shape)
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name == "permute":
+        dims = node.args[1:] if len(node.args) > 1 else node.kwargs.get("dims", ())
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        if not all(isinstance(v, int) for v in dims):
+            ctx.freeze(x, f"permute (node {node.name}) with traced dims")
+            return None
+        perm = [_norm_dim(v, ndim) for v in dims]
+        return ChannelInfo(perm.index(x.dim), x.elems, x.block)
+    if name == "t":
+        a, b = 0, 1
+    else:
+        a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+        if not isinstance(a, int) or not isinstance(b, int):
+            ctx.freeze(x, f"transpose (node {node.name}) with traced dims")
+            return None
+        a, b = _norm_dim(a, ndim), _norm_dim(b, ndim)
+    d = b if x.dim == a else a if x.dim == b else x.dim
+    return ChannelInfo(d, x.elems, x.block)
+
+
+def _reduce(ctx: Context, node: fx.Node, target: Any) -> Result:
+    src = node.args[0] if node.args else node.kwargs.get("input")
+    x = ctx.info(src)
+    if x is None:
+        return None
+    in_shape = ctx.shape(src)
+    d = _arg(node, 1, "dim")
+    keep = bool(_arg(node, 2, "keepdim", False))
+    reason = f"{_describe(node)} (node {node.name}) reduces over channels"
+    if d is None or in_shape is None:
+        ctx.freeze(x, reason)
+        return None
+    dims = [d] if isinstance(d, int) else list(d)
+    if not all(isinstance(v, int) for v in dims):
+        ctx.freeze(x, reason)
+        return None
+    dims = [_norm_dim(v, len(in_shape)) for v in dims]
+    if x.dim in dims:
+        ctx.freeze(x, reason)
+        return None
+    nd = x.dim if keep else x.dim - sum(1 for v in dims if v < x.dim)
+    out = ChannelInfo(nd, x.elems, x.block)
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name in ("max", "min") and isinstance(d, int):
+        return (out, out)
+    return out
+
+
+def _getitem(ctx: Context, node: fx.Node, target: Any) -> Result:
+    src, idx = node.args[0], node.args[1]
+    r = ctx.env.get(src) if isinstance(src, fx.Node) else None
+    if isinstance(r, tuple):
+        if isinstance(idx, int) and -len(r) <= idx < len(r):
+            return r[idx]
+        for i in ctx.all_infos(src):
+            ctx.freeze(i, f"getitem (node {node.name}) with an unsupported index")
+        return None
+    if not isinstance(r, ChannelInfo):
+        return None
+    x = r
+    in_shape = ctx.shape(src)
+    reason = f"indexing (node {node.name}) selects channels"
+    if in_shape is None:
+        ctx.freeze(x, reason)
+        return None
+    items = idx if isinstance(idx, tuple) else (idx,)
+    n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
+    expanded: List[Any] = []
+    for it in items:
+        if it is Ellipsis:
+            expanded.extend([slice(None)] * (len(in_shape) - n_real))
+        else:
+            expanded.append(it)
+    in_d = out_d = 0
+    new_dim = None
+    for it in expanded:
+        if it is None:
+            out_d += 1
+        elif isinstance(it, int):
+            if in_d == x.dim:
+                ctx.freeze(x, reason)
+                return None
+            in_d += 1
+        elif isinstance(it, slice):
+            if in_d == x.dim:
+                if not (it.start is None and it.stop is None and it.step in (None, 1)):
+                    ctx.freeze(x, reason)
+                    return None
+                new_dim = out_d
+            in_d += 1
+            out_d += 1
+        else:
+            ctx.freeze(x, reason)
+            return None
+    if new_dim is None:
+        if in_d > x.dim:  # pragma: no cover - handled above
+            ctx.freeze(x, reason)
+            return None
+        new_dim = out_d + (x.dim - in_d)
+    return ChannelInfo(new_dim, x.elems, x.block)
+
+
+def _split(ctx: Context, node: fx.Node, target: Any) -> Result:
+    src = node.args[0] if node.args else node.kwargs.get("tensor", node.kwargs.get("input"))
+    x = ctx.info(src)
+    if x is None:
+        return None
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    d = _arg(node, 2 if name in ("split", "chunk", "tensor_split") else 1, "dim", 0)
+    in_shape = ctx.shape(src)
+    meta = node.meta.get("tensor_meta")
+    n_out = len(meta) if isinstance(meta, (tuple, list)) else None
+    if not isinstance(d, int) or in_shape is None or n_out is None:
+        ctx.freeze(x, f"{_describe(node)} (node {node.name}) with untraced arguments")
+        return None
+    d = _norm_dim(d, len(in_shape))
+    if d == x.dim:
+        # split sizes are fixed numbers: channels on both sides stay as they are
+        ctx.freeze(x, f"{_describe(node)} (node {node.name}) splits channels at fixed sizes")
+        outs = []
+        off = 0
+        for m in meta:
+            size = int(m.shape[d])
+            if off % x.block or size % x.block:
+                return tuple(None for _ in meta)
+            outs.append(ChannelInfo(d, x.elems[off // x.block:(off + size) // x.block], x.block))
+            off += size
+        return tuple(outs)
+    return tuple(x for _ in range(n_out))
+
+
+def _output(ctx: Context, node: fx.Node, target: Any) -> Result:
+    ctx.freeze_all(node, "model output")
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# the registry
+# --------------------------------------------------------------------------------------
+
+HANDLERS: Dict[Any, Handler] = {}
+
+
+def _register(keys: Sequence[Any], fn: Handler) -> None:
+    for k in keys:
+        HANDLERS[k] = fn
+
+
+_register([nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+           nn.ConvTranspose3d], _conv)
+_register([nn.Linear], _linear)
+_register([nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+           nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d], _norm)
+_register([nn.PReLU], _prelu)
+_register([nn.GroupNorm], _group_norm)
+
+_UNARY_MODULES = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+                  nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid,
+                  nn.Tanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                  nn.Dropout3d, nn.AlphaDropout, nn.LogSigmoid, nn.Tanhshrink,
+                  nn.Softsign, nn.Threshold]
+_register(_UNARY_MODULES, _passthrough)
+_register([nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+           nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d,
+           nn.LPPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+           nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ConstantPad2d],
+          _spatial)
+_register([nn.Flatten, nn.Unflatten], _reshape)
+_register([nn.Softmax, nn.LogSoftmax, nn.Softmin], _softmax)
+
+_UNARY_FUNCS = [F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
+                F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh,
+                F.softplus, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+                torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.abs,
+                torch.neg, torch.sqrt, torch.square, torch.clamp, torch.clip, torch.sign,
+                operator.neg, operator.pos, torch.nn.functional.threshold]
+_register(_UNARY_FUNCS, _passthrough)
+_UNARY_METHODS = ["relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "abs",
+                  "neg", "sqrt", "square", "clamp", "clamp_", "clip", "clamp_min",
+                  "clamp_max", "sign", "contiguous", "float", "double", "half", "bfloat16",
+                  "to", "type_as", "detach", "clone", "requires_grad_", "cpu", "cuda",
+                  "__neg__"]
+_register([f"method:{m}" for m in _UNARY_METHODS], _passthrough)
+_register([torch.pow], _elementwise)
+
+_BINARY = [operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
+           operator.isub, operator.imul, operator.itruediv, operator.pow, torch.add,
+           torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
+           torch.true_divide, torch.addcmul]
+_register(_BINARY, _elementwise)
+_register([f"method:{m}" for m in ["add", "add_", "sub", "sub_", "mul", "mul_", "div",
+                                   "div_", "maximum", "minimum", "addcmul", "addcmul_",
+                                   "masked_fill", "masked_fill_", "pow", "pow_"]],
+          _elementwise)
+
+_register([F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+           F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+           F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+           F.interpolate, F.upsample, F.lp_pool2d], _spatial)
+_register([torch.cat, torch.concat, torch.concatenate], _cat)
+_register([torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze],
+          _reshape)
+_register([f"method:{m}" for m in ["view", "reshape", "flatten", "squeeze", "unsqueeze",
+                                   "unflatten", "expand", "view_as", "reshape_as"]],
+          _reshape)
+HANDLERS["method:expand_as"] = _expand_as
+_register([torch.permute, torch.transpose, torch.t, "method:permute", "method:transpose",
+           "method:t"], _permute)
+_register([torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var,
+           torch.max, torch.min, "method:mean", "method:sum", "method:amax", "method:amin",
+           "method:std", "method:var", "method:max", "method:min"], _reduce)
+_register([operator.getitem], _getitem)
+_register([torch.split, torch.chunk, torch.tensor_split, "method:split", "method:chunk",
+           "method:tensor_split"], _split)
+_register([F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "method:softmax",
+           "method:log_softmax"], _softmax)
+_register(["method:size", "method:dim", "method:numel", "method:ndimension", getattr,
+           len, "method:__len__"], _no_tensor)
+HANDLERS["output"] = _output
+
+
+def lookup(node: fx.Node, target: Any) -> Handler:
+    """The handler for one node (``unknown`` when none is registered)."""
+    if node.op == "call_module":
+        # exact class only: a subclass may override forward() (register it explicitly)
+        return HANDLERS.get(type(target), unknown)
+    if node.op == "call_method":
+        return HANDLERS.get(f"method:{target}", unknown)
+    if node.op == "output":
+        return HANDLERS["output"]
+    try:
+        return HANDLERS.get(target, unknown)
+    except TypeError:  # unhashable target
+        return unknown
