@@ -686,7 +686,7 @@ _register([nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
            nn.LPPool2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
            nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ConstantPad2d],
           _spatial)
-_register([nn.Flatten, nn.Unflatten], _reshape)
+_register([nn.Flatten], _reshape)  # nn.Unflatten hard-codes sizes: unknown
 _register([nn.Softmax, nn.LogSoftmax, nn.Softmin], _softmax)
 
 _UNARY_FUNCS = [F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu,
@@ -722,7 +722,7 @@ _register([torch.cat, torch.concat, torch.concatenate], _cat)
 _register([torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze],
           _reshape)
 _register([f"method:{m}" for m in ["view", "reshape", "flatten", "squeeze", "unsqueeze",
-                                   "unflatten", "expand", "view_as", "reshape_as"]],
+                                   "expand"]],
           _reshape)
 HANDLERS["method:expand_as"] = _expand_as
 _register([torch.permute, torch.transpose, torch.t, "method:permute", "method:transpose",

@@ -1,0 +1,303 @@
+"""Pruning plans: which channels of each group to keep.
+
+A plan is computed from a :class:`~pyprune.graph.DependencyGraph`, per-channel scores
+(``{producer module name: one score per output channel}``, any tensor-like of any
+dtype or device) and a :class:`PlanConfig`.  Channels coupled in one group are scored
+together (``reduce``: sum of the members' scores by default) and the highest-scored
+ones are kept.  Planning never changes the model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .graph import DependencyGraph, Group
+
+__all__ = ["PlanConfig", "Plan", "make_plan", "group_scores"]
+
+_REDUCE = ("sum", "mean", "max")
+_NORMALIZE = (None, "mean", "max", "sum")
+
+
+@dataclass
+class PlanConfig:
+    """How many channels to keep.
+
+    ratio:        fraction of the channels of every prunable group to remove.
+    layer_ratios: ``{module name: ratio}`` overriding ``ratio`` for the group holding
+                  that module's output channels.
+    global_ratio: if set, remove this fraction of all prunable channels, choosing the
+                  lowest-scored channels across groups (``ratio`` is then unused; groups
+                  named in ``layer_ratios`` keep their own ratio).
+    normalize:    for ``global_ratio``: divide each group's scores by their
+                  ``"mean"``, ``"max"`` or ``"sum"`` first (``None``: raw scores).
+    min_channels: never keep fewer channels than this in any layer (default 1: no
+                  layer ever becomes zero-width).
+    round_to:     keep counts are multiples of this (rounded up, capped at the group's
+                  size; best effort where ``min_channels`` forces extra channels).
+    ignore:       modules or qualified names whose output channels are never pruned
+                  (their whole group is kept).  Model outputs are always kept.
+    reduce:       how the scores of coupled channels combine: ``"sum"``, ``"mean"``
+                  or ``"max"``.
+    """
+
+    ratio: float = 0.5
+    layer_ratios: Mapping[str, float] = field(default_factory=dict)
+    global_ratio: Optional[float] = None
+    normalize: Optional[str] = None
+    min_channels: int = 1
+    round_to: int = 1
+    ignore: Sequence[Union[str, nn.Module]] = ()
+    reduce: str = "sum"
+
+    def __post_init__(self) -> None:
+        def check_ratio(what: str, r: Any) -> None:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+                raise ValueError(f"{what} must be a number in [0, 1), got {r!r}")
+
+        check_ratio("ratio", self.ratio)
+        if self.global_ratio is not None:
+            check_ratio("global_ratio", self.global_ratio)
+        for k, v in dict(self.layer_ratios).items():
+            check_ratio(f"layer_ratios[{k!r}]", v)
+        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) \
+                or self.min_channels < 1:
+            raise ValueError(f"min_channels must be an int >= 1, got {self.min_channels!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \
+                or self.round_to < 1:
+            raise ValueError(f"round_to must be an int >= 1, got {self.round_to!r}")
+        if self.reduce not in _REDUCE:
+            raise ValueError(f"reduce must be one of {_REDUCE}, got {self.reduce!r}")
+        if self.normalize not in _NORMALIZE:
+            raise ValueError(f"normalize must be one of {_NORMALIZE}, got {self.normalize!r}")
+        if isinstance(self.ignore, (str, nn.Module)):
+            self.ignore = (self.ignore,)
+
+    @classmethod
+    def field_names(cls) -> List[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class Plan:
+    """Keep-indices (sorted, unique, int64) per pruned group, into ``0 .. group.size-1``.
+
+    Groups absent from ``keep`` are left whole.  ``skipped`` says why a prunable
+    group was left whole (ignored, no scores).
+    """
+
+    keep: Dict[int, torch.Tensor]
+    graph: DependencyGraph
+    skipped: Dict[int, str] = field(default_factory=dict)
+
+    @property
+    def num_removed(self) -> int:
+        return sum(self.graph.groups[g].size - int(k.numel()) for g, k in self.keep.items())
+
+    def kept_mask(self) -> torch.Tensor:
+        """Bool mask over all flat channels of the graph: True where kept."""
+        mask = torch.ones(self.graph.num_channels, dtype=torch.bool)
+        for gid, k in self.keep.items():
+            g = self.graph.groups[gid]
+            mask[g.offset:g.offset + g.size] = False
+            mask[g.offset + k] = True
+        return mask
+
+    def summary(self) -> str:
+        lines = []
+        for gid, k in sorted(self.keep.items()):
+            g = self.graph.groups[gid]
+            lines.append(f"group {gid}: keep {k.numel()}/{g.size} "
+                         f"({', '.join(g.producers[:3])}{'...' if len(g.producers) > 3 else ''})")
+        return "\n".join(lines)
+
+
+def group_scores(graph: DependencyGraph, scores: Mapping[str, Any],
+                 reduce: str = "sum") -> torch.Tensor:
+    """One float64 score per flat channel of ``graph``; NaN where no score was given."""
+    if reduce not in _REDUCE:
+        raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    n = graph.num_channels
+    total = torch.zeros(n, dtype=torch.float64)
+    count = torch.zeros(n, dtype=torch.float64)
+    if reduce == "max":
+        total.fill_(-math.inf)
+    for name, s in scores.items():
+        if name not in graph.out_maps:
+            continue  # a layer whose outputs are not traced channels (opaque, say)
+        s = torch.as_tensor(s).detach()
+        if s.is_complex() or s.dtype == torch.bool:
+            raise TypeError(f"scores[{name!r}] must be real numbers, got dtype {s.dtype}")
+        s = s.to(device="cpu", dtype=torch.float64).reshape(-1)
+        idx = graph.out_index(name)
+        if s.numel() != idx.numel():
+            raise ValueError(f"scores[{name!r}] has {s.numel()} entries but {name} has "
+                             f"{idx.numel()} output channels")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"scores[{name!r}] contains NaN or infinite values")
+        if reduce == "max":
+            total.scatter_reduce_(0, idx, s, reduce="amax")
+        else:
+            total.index_add_(0, idx, s)
+        count.index_add_(0, idx, torch.ones_like(s))
+    if reduce == "mean":
+        total = total / count.clamp_min(1)
+    total[count == 0] = math.nan
+    return total
+
+
+def _keep_count(n: int, ratio: float, cfg: PlanConfig) -> int:
+    n_keep = n - int(math.floor(ratio * n + 1e-9))
+    return _round_count(n_keep, n, cfg)
+
+
+def _round_count(n_keep: int, n: int, cfg: PlanConfig) -> int:
+    n_keep = max(n_keep, cfg.min_channels)
+    if cfg.round_to > 1:
+        n_keep = int(math.ceil(n_keep / cfg.round_to)) * cfg.round_to
+    return max(1, min(n_keep, n))
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores (ties: lower index first), sorted."""
+    order = torch.sort(-scores, stable=True).indices
+    return torch.sort(order[:k]).values
+
+
+def _member_segments(graph: DependencyGraph, g: Group) -> List[torch.Tensor]:
+    """For each member of g: the channels (0-based in g) it holds."""
+    segs = []
+    for m in g.members:
+        idx = graph.member_index(m)
+        idx = idx[graph.channel_group[idx] == g.id] - g.offset
+        segs.append(torch.unique(idx))
+    return segs
+
+
+def _repair(graph: DependencyGraph, g: Group, keep: torch.Tensor, s: torch.Tensor,
+            cfg: PlanConfig) -> torch.Tensor:
+    """Make every layer of the group keep at least ``min_channels`` channels."""
+    kept = torch.zeros(g.size, dtype=torch.bool)
+    kept[keep] = True
+    for seg in _member_segments(graph, g):
+        need = min(cfg.min_channels, int(seg.numel()))
+        have = int(kept[seg].sum())
+        if have >= need:
+            continue
+        cand = seg[~kept[seg]]
+        add = cand[_top(s[cand], need - have)]
+        kept[add] = True
+    return kept.nonzero().flatten()
+
+
+def _resolve_ignored(graph: DependencyGraph, ignore: Sequence[Union[str, nn.Module]]) -> set:
+    gids = set()
+    for item in ignore:
+        name = graph._name_of(item)
+        if name not in graph.out_maps:
+            try:
+                graph._model_ref.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"ignore: {name!r} is not a module of the model") from None
+            continue
+        gids.update(g.id for g in graph.groups_of(name))
+    return gids
+
+
+def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
+              config: Optional[PlanConfig] = None, **overrides: Any) -> Plan:
+    """Keep-indices per group from per-channel ``scores`` (see :class:`PlanConfig`).
+
+    ``overrides`` are :class:`PlanConfig` fields, e.g. ``make_plan(g, s, ratio=0.3)``.
+    """
+    if config is None:
+        config = PlanConfig(**overrides)
+    elif overrides:
+        kw = {f: getattr(config, f) for f in PlanConfig.field_names()}
+        kw.update(overrides)
+        config = PlanConfig(**kw)
+    flat = group_scores(graph, scores, config.reduce)
+    ignored = _resolve_ignored(graph, config.ignore)
+    layer_ratio: Dict[int, float] = {}
+    for name, r in dict(config.layer_ratios).items():
+        if name not in graph.out_maps:
+            raise ValueError(f"layer_ratios: {name!r} does not produce traced channels")
+        for g in graph.groups_of(name):
+            if g.id in layer_ratio and layer_ratio[g.id] != r:
+                raise ValueError(f"layer_ratios: conflicting ratios {layer_ratio[g.id]} and {r} "
+                                 f"for group {g.id} (coupled layers {g.producers})")
+            layer_ratio[g.id] = r
+    keep: Dict[int, torch.Tensor] = {}
+    skipped: Dict[int, str] = {}
+    global_pool: List[Group] = []
+    for g in graph.groups:
+        if not g.prunable:
+            continue
+        if g.id in ignored:
+            skipped[g.id] = "ignored"
+            continue
+        s = flat[g.offset:g.offset + g.size]
+        if bool(torch.isnan(s).any()):
+            skipped[g.id] = "no scores for some of its channels"
+            continue
+        if config.global_ratio is not None and g.id not in layer_ratio:
+            global_pool.append(g)
+            continue
+        r = layer_ratio.get(g.id, config.ratio)
+        k = _keep_count(g.size, r, config)
+        if k < g.size:
+            keep[g.id] = _top(s, k)
+    if global_pool:
+        keep.update(_global(graph, global_pool, flat, config))
+    for gid in list(keep):
+        g = graph.groups[gid]
+        k = _repair(graph, g, keep[gid], flat[g.offset:g.offset + g.size], config)
+        if k.numel() >= g.size:
+            del keep[gid]
+        else:
+            keep[gid] = k
+    return Plan(keep, graph, skipped)
+
+
+def _global(graph: DependencyGraph, groups: List[Group], flat: torch.Tensor,
+            cfg: PlanConfig) -> Dict[int, torch.Tensor]:
+    parts, owner = [], []
+    for g in groups:
+        s = flat[g.offset:g.offset + g.size].clone()
+        if cfg.normalize is not None:
+            d = {"mean": s.abs().mean(), "max": s.abs().max(), "sum": s.abs().sum()}[cfg.normalize]
+            s = s / d if float(d) > 0 else s
+        parts.append(s)
+        owner.append(torch.full((g.size,), g.id, dtype=torch.int64))
+    allscores = torch.cat(parts)
+    allowner = torch.cat(owner)
+    local = torch.cat([torch.arange(g.size) for g in groups])
+    total = int(allscores.numel())
+    target = int(math.floor(cfg.global_ratio * total + 1e-9))
+    remaining = {g.id: g.size for g in groups}
+    floor = {g.id: max(1, min(cfg.min_channels, g.size)) for g in groups}
+    removed = torch.zeros(total, dtype=torch.bool)
+    n_removed = 0
+    for i in torch.sort(allscores, stable=True).indices.tolist():
+        if n_removed >= target:
+            break
+        gid = int(allowner[i])
+        if remaining[gid] > floor[gid]:
+            remaining[gid] -= 1
+            removed[i] = True
+            n_removed += 1
+    out: Dict[int, torch.Tensor] = {}
+    for g in groups:
+        sel = allowner == g.id
+        n_keep = _round_count(remaining[g.id], g.size, cfg)
+        if n_keep < g.size:
+            s = flat[g.offset:g.offset + g.size]
+            if n_keep == remaining[g.id]:
+                out[g.id] = torch.sort(local[sel][~removed[sel]]).values
+            else:
+                out[g.id] = _top(s, n_keep)
+    return out

@@ -1,0 +1,215 @@
+"""Surgery: remove channels physically, atomically.  The only code that mutates models.
+
+:func:`apply_plan` turns a :class:`~pyprune.plan.Plan` into one batched call of
+:func:`pyprune.ops.select_channels_` covering every parameter and buffer of the model,
+their ``.grad`` and the optimizer's per-parameter state (momentum buffers, Adam moments,
+...), then updates the module attributes (``in_channels``, ``num_features``, ``groups``
+of depthwise convs, ``in_features`` ...).  Parameters keep their identity, so an
+optimizer built before pruning keeps working.
+
+Atomicity: the whole plan is validated and every new value computed before anything
+changes.  If the op or an attribute update still fails, every touched tensor is put
+back (shape, strides and data: ``backup=True`` keeps a copy of the touched tensors for
+that) and every attribute restored, then the error is re-raised.
+
+Each surgery appends a plain-data record to ``model._pyprune_history`` (names, dims,
+blocks, keep-indices and new attribute values); :func:`replay` re-applies such records
+to a freshly built dense model (used by :func:`pyprune.io.load`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from . import ops
+from .plan import Plan
+
+__all__ = ["apply_plan", "replay", "history", "HISTORY_ATTR"]
+
+HISTORY_ATTR = "_pyprune_history"
+
+
+def history(model: nn.Module) -> List[Dict[str, Any]]:
+    """The surgery records of ``model`` (empty for a model never pruned)."""
+    return list(getattr(model, HISTORY_ATTR, []))
+
+
+def _get_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    mod_name, _, attr = name.rpartition(".")
+    try:
+        mod = model.get_submodule(mod_name) if mod_name else model
+    except AttributeError:
+        raise ValueError(f"the model has no module {mod_name!r} (for tensor {name!r})") from None
+    t = getattr(mod, attr, None)
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"the model has no tensor {name!r}")
+    return t
+
+
+@dataclass
+class _Prepared:
+    pairs: List[Tuple[torch.Tensor, int, int]]
+    keeps: List[torch.Tensor]
+    attrs: List[Tuple[nn.Module, str, Any, Any]]  # (module, attr, old, new)
+    record: Dict[str, Any]
+
+
+def _check_keep(gid: Any, k: Any, size: int) -> torch.Tensor:
+    if not isinstance(k, torch.Tensor):
+        k = torch.as_tensor(k)
+    if k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool or k.dim() != 1:
+        raise ValueError(f"plan.keep[{gid}] must be a 1-D integer tensor, got dtype {k.dtype} "
+                         f"shape {tuple(k.shape)}")
+    k = k.to(device="cpu", dtype=torch.int64)
+    if k.numel() == 0:
+        raise ValueError(f"plan.keep[{gid}] is empty: a group must keep at least one channel")
+    if k.numel() > 1 and bool((k[1:] <= k[:-1]).any()):
+        raise ValueError(f"plan.keep[{gid}] must be sorted and unique")
+    if int(k[0]) < 0 or int(k[-1]) >= size:
+        raise ValueError(f"plan.keep[{gid}] has an index out of range for {size} channels")
+    return k
+
+
+def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optimizer]) -> _Prepared:
+    graph = plan.graph
+    if graph._model_ref is not model:
+        raise ValueError("the plan was made for a graph of another model")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    mask = torch.ones(graph.num_channels, dtype=torch.bool)
+    for gid, k in plan.keep.items():
+        if isinstance(gid, bool) or not isinstance(gid, int) or not 0 <= gid < len(graph.groups):
+            raise ValueError(f"plan.keep has an unknown group id {gid!r}")
+        g = graph.groups[gid]
+        if not g.prunable:
+            raise ValueError(f"plan.keep names group {gid}, which is not prunable: "
+                             + "; ".join(g.reasons))
+        k = _check_keep(gid, k, g.size)
+        mask[g.offset:g.offset + g.size] = False
+        mask[g.offset + k] = True
+    pairs: List[Tuple[torch.Tensor, int, int]] = []
+    keeps: List[torch.Tensor] = []
+    tensors_rec: List[Dict[str, Any]] = []
+    opt_state = optimizer.state if optimizer is not None else {}
+    for m in graph.tensor_members:
+        kept = mask[graph.member_index(m)]
+        if bool(kept.all()):
+            continue
+        local = kept.nonzero().flatten()
+        if local.numel() == 0:
+            raise ValueError(f"the plan removes every channel of {m.name} (dim {m.dim}); "
+                             "keep at least one channel per layer (min_channels)")
+        t = _get_tensor(model, m.name)
+        expect = len(m.elems) * m.block
+        if t.dim() <= m.dim or t.shape[m.dim] != expect:
+            raise ValueError(f"{m.name} has shape {tuple(t.shape)} but the graph expects "
+                             f"{expect} along dim {m.dim}: the graph is stale, rebuild it")
+        pairs.append((t, m.dim, m.block))
+        keeps.append(local)
+        tensors_rec.append({"name": m.name, "dim": m.dim, "block": m.block,
+                            "keep": local.tolist()})
+        extra = []
+        if t.grad is not None:
+            extra.append(("grad", t.grad))
+        for key, v in (opt_state.get(t, {}) or {}).items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                extra.append((f"optimizer state {key!r}", v))
+        for what, v in extra:
+            if v.shape != t.shape:
+                raise ValueError(f"{what} of {m.name} has shape {tuple(v.shape)}, not the "
+                                 f"parameter's {tuple(t.shape)}; cannot prune it consistently")
+            pairs.append((v, m.dim, m.block))
+            keeps.append(local)
+    attrs: List[Tuple[nn.Module, str, Any, Any]] = []
+    attrs_rec: List[Dict[str, Any]] = []
+    for a in graph.attr_members:
+        kept = mask[graph.member_index(a)]
+        if bool(kept.all()):
+            continue
+        mod = model.get_submodule(a.module) if a.module else model
+        old = getattr(mod, a.attr, None)
+        if old != len(a.elems) * a.block:
+            raise ValueError(f"{a.module}.{a.attr} is {old!r} but the graph expects "
+                             f"{len(a.elems) * a.block}: the graph is stale, rebuild it")
+        new = int(kept.sum()) * a.block
+        attrs.append((mod, a.attr, old, new))
+        attrs_rec.append({"module": a.module, "attr": a.attr, "value": new})
+    return _Prepared(pairs, keeps, attrs, {"tensors": tensors_rec, "attrs": attrs_rec})
+
+
+def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
+    saved = []
+    seen = set()
+    for t, _, _ in prep.pairs:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        saved.append((t, t.untyped_storage(), t.storage_offset(), t.size(), t.stride(),
+                      t.detach().clone() if backup else None))
+    hist = getattr(model, HISTORY_ATTR, None)
+    had_hist = hist is not None
+    done_attrs: List[Tuple[nn.Module, str, Any]] = []
+    try:
+        if prep.pairs:
+            with torch.no_grad():
+                ops.select_channels_(prep.pairs, prep.keeps)
+        for mod, attr, old, new in prep.attrs:
+            setattr(mod, attr, new)
+            done_attrs.append((mod, attr, old))
+        new_hist = list(hist) if had_hist else []
+        new_hist.append(prep.record)
+        object.__setattr__(model, HISTORY_ATTR, new_hist)
+    except BaseException:
+        with torch.no_grad():
+            for t, storage, offset, size, stride, copy in saved:
+                t.set_(storage, offset, size, stride)
+                if copy is not None:
+                    t.copy_(copy)
+        for mod, attr, old in reversed(done_attrs):
+            setattr(mod, attr, old)
+        if had_hist:
+            object.__setattr__(model, HISTORY_ATTR, hist)
+        elif HISTORY_ATTR in model.__dict__:
+            object.__delattr__(model, HISTORY_ATTR)
+        raise
+
+
+def apply_plan(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None,
+               *, backup: bool = True) -> Dict[str, Any]:
+    """Remove the channels ``plan`` drops from ``model`` in place; return the record.
+
+    ``optimizer``: its per-parameter state tensors shaped like the parameter are pruned
+    along with it, as is every ``.grad``, so training continues.  ``backup=False``
+    skips the copy of the touched tensors that makes a failure inside the op
+    undoable (validation failures never change anything either way).
+    """
+    prep = _prepare(model, plan, optimizer)
+    _commit(model, prep, backup)
+    return prep.record
+
+
+def replay(model: nn.Module, records: Sequence[Dict[str, Any]], *, backup: bool = True) -> None:
+    """Re-apply surgery records (from ``model._pyprune_history`` of a pruned model) to
+    a dense model built by the same constructor."""
+    for i, rec in enumerate(records):
+        try:
+            tensors = rec["tensors"]
+            attr_items = rec["attrs"]
+            pairs, keeps, attrs = [], [], []
+            for t in tensors:
+                ten = _get_tensor(model, str(t["name"]))
+                pairs.append((ten, int(t["dim"]), int(t["block"])))
+                keeps.append(torch.as_tensor(list(t["keep"]), dtype=torch.int64))
+            for a in attr_items:
+                mod = model.get_submodule(str(a["module"])) if a["module"] else model
+                if not hasattr(mod, str(a["attr"])):
+                    raise ValueError(f"module {a['module']!r} has no attribute {a['attr']!r}")
+                attrs.append((mod, str(a["attr"]), getattr(mod, str(a["attr"])), int(a["value"])))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"surgery record {i} is malformed or does not fit this model: "
+                             f"{type(e).__name__}: {e}") from e
+        prep = _Prepared(pairs, keeps, attrs, {"tensors": list(tensors), "attrs": list(attr_items)})
+        _commit(model, prep, backup)
