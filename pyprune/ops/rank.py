@@ -86,7 +86,7 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
     op = "matrix_rank"
     is_numpy = isinstance(x, np.ndarray)
     if is_numpy:
-        if x.dtype not in (np.float16, np.float32, np.float64):
+        if x.dtype.kind != "f" or x.dtype.itemsize not in (2, 4, 8):
             raise TypeError(f"{op}: x must have dtype float16, float32 or float64, got numpy {x.dtype}")
         if any(s < 0 for s in x.strides) or not x.dtype.isnative:
             x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
