@@ -80,9 +80,9 @@ def _dense_strides(sizes: Sequence[int], order: Sequence[int]) -> List[int]:
 
 
 def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
-    if not isinstance(pairs, (list, tuple)):
-        raise TypeError(f"{op}: pairs must be a list of (tensor, dim) or (tensor, dim, block), "
-                        f"got {type(pairs).__name__}")
+    if not isinstance(pairs, (list, tuple)) or (pairs and isinstance(pairs[0], torch.Tensor)):
+        got = "a single (tensor, dim) pair" if isinstance(pairs, (list, tuple)) else type(pairs).__name__
+        raise TypeError(f"{op}: pairs must be a list of (tensor, dim) or (tensor, dim, block), got {got}")
     per_pair = isinstance(keep, (list, tuple)) and len(keep) > 0 and all(
         isinstance(k, (torch.Tensor, list, tuple)) for k in keep)
     if per_pair:
@@ -98,7 +98,8 @@ def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
     channels = None
     for i, p in enumerate(pairs):
         if not isinstance(p, (tuple, list)) or len(p) not in (2, 3):
-            raise TypeError(f"{op}: pairs[{i}] must be (tensor, dim) or (tensor, dim, block), got {p!r:.80}")
+            what = f"a {len(p)}-tuple" if isinstance(p, (tuple, list)) else type(p).__name__
+            raise TypeError(f"{op}: pairs[{i}] must be (tensor, dim) or (tensor, dim, block), got {what}")
         t, dim = p[0], p[1]
         block = p[2] if len(p) == 3 else 1
         if not isinstance(t, torch.Tensor):

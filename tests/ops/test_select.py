@@ -1,0 +1,230 @@
+"""pyprune.ops.select_channels_ / select_channels against index_select."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from pyprune.ops import select_channels, select_channels_
+
+
+def ref_select(t, selections):
+    """selections: {dim: (keep list, block)} -> index_select reference."""
+    out = t
+    for d, (keep, block) in selections.items():
+        idx = torch.tensor([c * block + j for c in keep for j in range(block)], dtype=torch.int64)
+        out = out.index_select(d, idx)
+    return out
+
+
+def snapshot(*ts):
+    return [(t.clone(), tuple(t.shape), t.stride(), t.data_ptr()) for t in ts]
+
+
+def assert_unchanged(ts, snap):
+    for t, (val, shape, stride, ptr) in zip(ts, snap):
+        assert tuple(t.shape) == shape and t.stride() == stride and t.data_ptr() == ptr
+        assert torch.equal(t, val)
+
+
+# --------------------------------------------------------------------------- layer tensors
+
+def test_conv_bn_linear_in_place_one_call():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 12, 3, bias=True)
+    bn = torch.nn.BatchNorm2d(12)
+    bn.running_mean.uniform_()
+    bn.running_var.uniform_(0.5, 2)
+    nxt = torch.nn.Conv2d(12, 5, 3)
+    fc = torch.nn.Linear(12 * 4 * 4, 10)  # after flatten of a 12 x 4 x 4 map
+    keep = torch.tensor([0, 3, 4, 7, 11])
+    expect = {
+        "w": ref_select(conv.weight.data, {0: (keep.tolist(), 1)}),
+        "b": conv.bias.data[keep].clone(),
+        "g": bn.weight.data[keep].clone(),
+        "beta": bn.bias.data[keep].clone(),
+        "rm": bn.running_mean[keep].clone(),
+        "rv": bn.running_var[keep].clone(),
+        "nw": nxt.weight.data[:, keep].clone(),
+        "fc": ref_select(fc.weight.data, {1: (keep.tolist(), 16)}),
+    }
+    ptrs = [t.data_ptr() for t in (conv.weight, conv.bias, bn.weight, bn.running_var, nxt.weight, fc.weight)]
+    storages = [t.untyped_storage().data_ptr() for t in (conv.weight, nxt.weight, fc.weight)]
+    with torch.no_grad():
+        out = select_channels_([(conv.weight, 0), (conv.bias, 0), (bn.weight, 0), (bn.bias, 0),
+                                (bn.running_mean, 0), (bn.running_var, 0), (nxt.weight, 1),
+                                (fc.weight, 1, 16)], keep)
+    assert out[0] is conv.weight and out[-1] is fc.weight
+    assert isinstance(conv.weight, torch.nn.Parameter) and conv.weight.is_leaf
+    assert torch.equal(conv.weight, expect["w"]) and conv.weight.is_contiguous()
+    assert torch.equal(conv.bias, expect["b"])
+    assert torch.equal(bn.weight, expect["g"]) and torch.equal(bn.bias, expect["beta"])
+    assert torch.equal(bn.running_mean, expect["rm"]) and torch.equal(bn.running_var, expect["rv"])
+    assert torch.equal(nxt.weight, expect["nw"]) and nxt.weight.is_contiguous()
+    assert torch.equal(fc.weight, expect["fc"]) and fc.weight.shape == (10, 80)
+    # same storage, same start: compacted in place
+    assert [t.data_ptr() for t in (conv.weight, conv.bias, bn.weight, bn.running_var, nxt.weight, fc.weight)] == ptrs
+    assert [t.untyped_storage().data_ptr() for t in (conv.weight, nxt.weight, fc.weight)] == storages
+    # the compacted layers still train
+    conv.out_channels, nxt.in_channels = 5, 5
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)
+    nxt(torch.relu(conv(x))).sum().backward()
+    assert conv.weight.grad.shape == conv.weight.shape
+
+
+def test_same_tensor_two_dims_per_pair_keeps():
+    w = torch.randn(16, 10, 3, 3)
+    ko, ki = [1, 2, 5, 8, 15], [0, 9]
+    expect = ref_select(w, {0: (ko, 1), 1: (ki, 1)})
+    b = torch.randn(16)
+    select_channels_([(w, 0), (w, 1), (b, 0)], [torch.tensor(ko), ki, ko])
+    assert torch.equal(w, expect) and w.shape == (5, 2, 3, 3)
+    assert b.shape == (5,)
+
+
+def test_channels_last_stays_channels_last():
+    w = torch.randn(12, 6, 5, 5).to(memory_format=torch.channels_last)
+    expect = ref_select(w, {0: ([0, 4, 5, 11], 1), 1: ([1, 2, 3], 1)})
+    ptr = w.data_ptr()
+    select_channels_([(w, 0), (w, 1)], [[0, 4, 5, 11], [1, 2, 3]])
+    assert torch.equal(w, expect)
+    assert w.is_contiguous(memory_format=torch.channels_last) and w.data_ptr() == ptr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                                   torch.int64, torch.int8, torch.bool, torch.complex64])
+def test_dtypes(dtype):
+    t = (torch.randn(7, 9, 2) * 10).to(dtype)
+    expect = ref_select(t, {1: ([0, 2, 8], 1)})
+    select_channels_([(t, 1)], [0, 2, 8])
+    assert torch.equal(t, expect)
+
+
+def test_large_tensor_parallel_waves():
+    """Bigger than the parallel threshold, keep ratios that need many waves."""
+    g = torch.Generator().manual_seed(0)
+    for ratio in (0.1, 0.5, 0.97):
+        t = torch.randn(512, 700, generator=g)
+        keep = torch.nonzero(torch.rand(700, generator=g) < ratio).reshape(-1)
+        expect = t[:, keep].clone()
+        select_channels_([(t, 1)], keep, threads=2)
+        assert torch.equal(t, expect)
+        u = torch.randn(3000, 600, generator=g)
+        keep0 = torch.nonzero(torch.rand(3000, generator=g) < ratio).reshape(-1)
+        expect0 = u[keep0].clone()
+        select_channels_([(u, 0)], keep0, threads=2)
+        assert torch.equal(u, expect0)
+
+
+def test_identity_and_empty_keep():
+    t = torch.randn(4, 5)
+    before = t.clone()
+    select_channels_([(t, 1)], list(range(5)))
+    assert torch.equal(t, before)
+    select_channels_([(t, 1)], [])
+    assert t.shape == (4, 0)
+    e = torch.zeros(0, 3)
+    select_channels_([(e, 1)], [2])
+    assert e.shape == (0, 1)
+
+
+@st.composite
+def selection_cases(draw):
+    ndim = draw(st.integers(1, 4))
+    shape = [draw(st.integers(1, 7)) for _ in range(ndim)]
+    dims = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
+    sels = {}
+    for d in dims:
+        block = draw(st.sampled_from([b for b in (1, 2, 3) if shape[d] % b == 0]))
+        nch = shape[d] // block
+        keep = sorted(draw(st.sets(st.integers(0, nch - 1), max_size=nch)))
+        sels[d] = (keep, block)
+    fmt = draw(st.sampled_from(["contiguous", "channels_last", "permuted"]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.int32, torch.float64]))
+    return shape, sels, fmt, dtype
+
+
+@given(selection_cases())
+@settings(max_examples=150)
+def test_random_selections_match_index_select(case):
+    shape, sels, fmt, dtype = case
+    t = (torch.arange(int(torch.tensor(shape).prod())).reshape(shape) % 97).to(dtype)
+    if fmt == "channels_last" and len(shape) == 4:
+        t = t.to(memory_format=torch.channels_last)
+    elif fmt == "permuted" and len(shape) > 1:
+        t = t.transpose(0, -1).contiguous().transpose(0, -1)  # dense, reversed layout
+    expect = ref_select(t, sels)
+    pairs = [(t, d, b) for d, (_, b) in sels.items()]
+    keeps = [k for k, _ in sels.values()]
+    out = select_channels(pairs, keeps)
+    assert torch.equal(out[0], expect)
+    ptr = t.data_ptr()
+    select_channels_(pairs, keeps)
+    assert torch.equal(t, expect) and (t.numel() == 0 or t.data_ptr() == ptr)
+
+
+def test_out_of_place_leaves_inputs_and_accepts_any_strides():
+    w = torch.randn(8, 6, 3, 3)
+    strided = torch.randn(8, 12)[:, ::2]  # not dense
+    snap = snapshot(w, strided)
+    out = select_channels([(w, 0), (strided, 0), (w, 1)], [[1, 3], [0, 7], [5]])
+    assert_unchanged([w, strided], snap)
+    assert out[0] is out[2]
+    assert torch.equal(out[0], w[[1, 3]][:, [5]])
+    assert torch.equal(out[1], strided[[0, 7]])
+    assert out[0].data_ptr() != w.data_ptr()
+
+
+# --------------------------------------------------------------------------- bad input, nothing modified
+
+def _model_tensors():
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, generator=g), torch.randn(3, 6, 1, 1, generator=g)
+
+
+@pytest.mark.parametrize("keep,exc,msg", [
+    ([3, 1, 4], ValueError, r"sorted and unique, got unsorted entries 3, 1 at positions 0, 1"),
+    ([1, 1, 4], ValueError, r"sorted and unique, got duplicate entries 1, 1"),
+    ([0, 6], ValueError, r"index 6 is out of range for 6 channels"),
+    ([-1, 2], ValueError, r"index -1 is out of range for 6 channels"),
+    ([0.0, 2.0], TypeError, r"keep must hold integers, got float 0.0"),
+    (torch.tensor([0.0, 1.0]), TypeError, r"keep must hold integers, got dtype torch.float32"),
+    (torch.tensor([[0, 1]]), ValueError, r"keep must be 1-D, got shape \(1, 2\)"),
+    ("01", TypeError, r"keep must be a 1-D integer tensor or a sequence of ints, got str"),
+])
+def test_bad_keep_modifies_nothing(keep, exc, msg):
+    w, b, nxt = _model_tensors()
+    snap = snapshot(w, b, nxt)
+    with pytest.raises(exc, match=msg):
+        select_channels_([(w, 0), (b, 0), (nxt, 1)], keep)
+    assert_unchanged([w, b, nxt], snap)
+
+
+def test_bad_pairs_modify_nothing():
+    w, b, nxt = _model_tensors()
+    snap = snapshot(w, b, nxt)
+    cases = [
+        ([(w, 0), (nxt, 0)], [0, 1], ValueError, r"pairs\[1\] has 3 channels along dim 0 but pairs\[0\] has 6"),
+        ([(w, 0), (b, 3)], [0], ValueError, r"pairs\[1\] dim 3 is out of range for a tensor of shape \(6,\)"),
+        ([(w, 0), (b, 0.5)], [0], TypeError, r"pairs\[1\] dim must be an int, got float"),
+        ([(w, 0), (w, 0)], [0], ValueError, r"pairs\[1\] selects dim 0 of a tensor that pairs\[0\] already"),
+        ([(w, 0), (w.view(-1), 0)], [[0], [0]], ValueError, r"pairs\[0\] and pairs\[1\] overlap in memory"),
+        ([(w, 0), ("x", 0)], [0], TypeError, r"pairs\[1\]\[0\] must be a torch.Tensor, got str"),
+        ([(w, 0), (b,)], [0], TypeError, r"pairs\[1\] must be \(tensor, dim\) or \(tensor, dim, block\), got a 1-tuple"),
+        ([(w, 0), (b, 0, 4)], [0], ValueError, r"pairs\[1\] block 4 must be >= 1 and divide size 6"),
+        ([(w, 0), (b, 0)], [[0], [1], [2]], ValueError, r"keep has 3 index lists for 2 pairs"),
+        ([(w, 0), (torch.zeros(6, device="meta"), 0)], [0], ValueError,
+         r"pairs\[1\] tensor is on meta but pairs\[0\] is on cpu"),
+        ([(w, 0), (torch.randn(6, 4)[:, ::2], 0)], [0], ValueError, r"pairs\[1\] tensor .* is not dense"),
+        ((w, 0), [0], TypeError, r"pairs must be a list .* got a single \(tensor, dim\) pair"),
+        ([(w, 0), (torch.tensor(1.0), 0)], [0], ValueError, r"pairs\[1\] tensor is 0-dim"),
+    ]
+    for pairs, keep, exc, msg in cases:
+        if not isinstance(pairs, list):
+            with pytest.raises(exc, match=msg):
+                select_channels_(pairs, keep)
+            continue
+        with pytest.raises(exc, match=msg):
+            select_channels_(pairs, keep)
+        assert_unchanged([w, b, nxt], snap)
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        select_channels_([(w, 0)], [0], threads=0)
+    assert_unchanged([w, b, nxt], snap)
