@@ -294,6 +294,7 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
     for name, b in model.named_buffers():
         param_names.setdefault(id(b), name)
     ctx = Context(model, state, param_names)
+    ctx.fallbacks = dict(tracer.fallbacks)
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr"):
             ctx.env[node] = None

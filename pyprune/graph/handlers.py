@@ -47,6 +47,7 @@ class Context:
         self.state = state
         self.env: Dict[fx.Node, Result] = {}
         self._param_names = param_names  # id(tensor) -> canonical qualified name
+        self.fallbacks: Dict[str, str] = {}  # untraceable submodules -> fx error
 
     # values -----------------------------------------------------------------------
     def info(self, arg: Any) -> Optional[ChannelInfo]:
@@ -123,7 +124,12 @@ def _describe(node: fx.Node) -> str:
 
 def unknown(ctx: Context, node: fx.Node, target: Any) -> Result:
     """Default for anything without a handler: its inputs' channels become unprunable."""
-    ctx.freeze_all(node, f"unsupported op: {_describe(node)} (node {node.name})")
+    why = ctx.fallbacks.get(str(node.target)) if node.op == "call_module" else None
+    if why is not None:
+        ctx.freeze_all(node, f"module {node.target} could not be traced by torch.fx ({why}); "
+                             "it is kept whole")
+    else:
+        ctx.freeze_all(node, f"unsupported op: {_describe(node)} (node {node.name})")
     return None
 
 
@@ -280,7 +286,7 @@ def _spatial(ctx: Context, node: fx.Node, target: Any) -> Result:
     if x is None:
         return None
     shape = ctx.shape(node)
-    if x.dim != 1 or x.block != 1 or shape is None or len(shape) < 3 or shape[1] != x.size:
+    if x.dim != 1 or shape is None or len(shape) < 3 or shape[1] != x.size:
         ctx.freeze(x, f"{_describe(node)} (node {node.name}) with channels not on dim 1")
         return None
     return x
