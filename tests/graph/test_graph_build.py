@@ -1,0 +1,273 @@
+"""The groups the graph finds for each structure, and the reasons it refuses some."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pyprune.graph import HANDLERS, GraphError, build_graph
+from pyprune.plan import make_plan
+from pyprune.criteria.random import random_scores
+from pyprune.surgery import apply_plan
+
+from pyprune_zoo import cbr, make
+
+
+def _group(g, producer):
+    gs = g.groups_of(producer)
+    assert len(gs) == 1, gs
+    return gs[0]
+
+
+def _member(g, name, dim):
+    ms = [m for m in g.tensor_members if m.name == name and m.dim == dim]
+    assert len(ms) == 1, (name, dim)
+    return ms[0]
+
+
+def test_chain_flatten_linear_gets_block_hw():
+    model, x = make("chain_flatten")
+    g = build_graph(model, x)
+    fc_in = _member(g, "fc.weight", 1)
+    assert fc_in.block == 4  # C x 2 x 2 map flattened
+    assert _group(g, "features.2.0").id == _group(g, "features.2.0").id
+    assert torch.equal(g.member_index(fc_in), g.out_index("features.2.0"))
+    out = _group(g, "fc")
+    assert not out.prunable and "model output" in out.reasons
+
+
+def test_residual_couples_shortcuts():
+    model, x = make("residual")
+    g = build_graph(model, x)
+    assert _group(g, "stem.0") is _group(g, "b1.1")  # identity shortcut
+    grp = _group(g, "down.0")  # 1x1 downsample shortcut
+    assert set(grp.producers) == {"b2.1", "down.0", "b3.1"}
+    assert grp.prunable
+    assert _group(g, "b1.0.0") is not _group(g, "stem.0")
+
+
+def test_cat_offsets():
+    model, x = make("dense_cat")
+    g = build_graph(model, x)
+    idx = g.member_index(_member(g, "l2.0.weight", 1))
+    assert torch.equal(idx, torch.cat([g.out_index("stem.0"), g.out_index("l1.0")]))
+    head = g.member_index(_member(g, "proj.weight", 1))
+    assert torch.equal(head, torch.cat([g.out_index("stem.0"), g.out_index("l1.0"),
+                                        g.out_index("l2.0")]))
+    # proj's output is added to the concatenation: coupled with all three producers
+    assert torch.equal(g.out_index("proj"), head)
+
+
+def test_cat_without_add_keeps_producers_apart():
+    class Dense(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = cbr(3, 4), cbr(4, 5), cbr(9, 6)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            x = self.a(x)
+            x = self.c(torch.cat([x, self.b(x)], 1))
+            return self.fc(x.mean([2, 3]))
+
+    g = build_graph(Dense(), torch.randn(1, 3, 8, 8))
+    ga, gb = _group(g, "a.0"), _group(g, "b.0")
+    assert ga is not gb and ga.prunable and gb.prunable
+    c_in = g.member_index(_member(g, "c.0.weight", 1))
+    assert c_in[:4].tolist() == list(range(ga.offset, ga.offset + 4))
+    assert c_in[4:].tolist() == list(range(gb.offset, gb.offset + 5))
+
+
+def test_depthwise_ties_input_and_output():
+    model, x = make("depthwise")
+    g = build_graph(model, x)
+    assert _group(g, "dw.0") is _group(g, "expand.0")
+    attrs = {(a.module, a.attr) for a in g.attr_members}
+    assert {("dw.0", "groups"), ("dw.0", "in_channels"), ("dw.0", "out_channels")} <= attrs
+    # multiplier-2 depthwise conv: each input channel owns two output channels
+    assert _group(g, "dw2.0") is _group(g, "stem.0")
+    assert _member(g, "dw2.0.weight", 0).block == 2
+    assert _member(g, "fc.weight", 1).block == 2
+
+
+def test_grouped_conv_is_kept_whole_with_reason():
+    model, x = make("grouped")
+    g = build_graph(model, x)
+    for name in ("a.0", "g.0"):
+        grp = _group(g, name)
+        assert not grp.prunable
+        assert any("grouped conv" in r for r in grp.reasons)
+    assert _group(g, "b.0").prunable
+    assert "grouped conv (groups=2)" in g.explain("g.0")
+
+
+def test_squeeze_excite_couples_gate_with_features():
+    model, x = make("squeeze_excite")
+    g = build_graph(model, x)
+    assert _group(g, "fc2") is _group(g, "a.0")
+    assert _group(g, "se_c2") is _group(g, "b.0")
+    assert _member(g, "gamma", 1).role == "out"
+    assert _group(g, "fc1").prunable and _group(g, "se_c1").prunable
+
+
+def test_module_called_twice():
+    model, x = make("reused")
+    g = build_graph(model, x)
+    assert _group(g, "shared") is _group(g, "stem.0")
+    assert _member(g, "bn.weight", 0).modules == ["bn"]
+
+
+def test_conv_transpose_layout():
+    model, x = make("transposed")
+    g = build_graph(model, x)
+    assert _member(g, "up.weight", 0).role == "in"
+    assert _member(g, "up.weight", 1).role == "out"
+    assert _group(g, "dwt") is _group(g, "up")
+
+
+def test_linear_chain():
+    model, x = make("mlp")
+    g = build_graph(model, x)
+    assert _member(g, "net.4.weight", 1).block == 1
+    assert _group(g, "net.0").prunable and _group(g, "net.4").prunable
+    assert torch.equal(g.member_index(_member(g, "net.1.weight", 0)), g.out_index("net.0"))
+
+
+def test_linear_on_channels_last_via_permute():
+    class CL(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = cbr(3, 6)
+            self.mix = nn.Linear(6, 5)
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, x):
+            x = self.mix(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.fc(F.relu(x).mean([2, 3]))
+
+    model = CL().eval()
+    x = torch.randn(2, 3, 4, 4)
+    g = build_graph(model, x)
+    assert _group(g, "a.0").prunable and _group(g, "mix").prunable
+    assert torch.equal(g.member_index(_member(g, "mix.weight", 1)), g.out_index("a.0"))
+    apply_plan(model, make_plan(g, random_scores(model, seed=0), ratio=0.5))
+    assert model(x).shape == (2, 2)
+    assert model.mix.in_features == 3 and model.mix.out_features == 3
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("channel_shuffle", "mixes channels"),
+    ("custom_op", "unsupported op: function"),
+    ("untraceable", "could not be traced by torch.fx"),
+    ("hard_coded_view", "hard-codes the channel count"),
+])
+def test_refused_structures_are_unprunable_with_reason(name, reason):
+    model, x = make(name)
+    g = build_graph(model, x)
+    bad = [grp for grp in g.groups if any(reason in r for r in grp.reasons)]
+    assert bad and all(not grp.prunable for grp in bad)
+    assert reason in g.explain()
+    before = {n: p.shape for n, p in model.state_dict().items()}
+    apply_plan(model, make_plan(g, random_scores(model, seed=0), ratio=0.5))
+    after = {n: p.shape for n, p in model.state_dict().items()}
+    assert before != after  # the rest of the model is still pruned
+    assert model(x).shape[0] == x.shape[0]
+    for grp in bad:
+        for m in grp.members:
+            assert after[m.name][m.dim] == before[m.name][m.dim]
+
+
+def test_split_along_channels_is_refused():
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = cbr(3, 8)
+            self.b, self.c = cbr(4, 4), cbr(4, 4)
+
+        def forward(self, x):
+            u, v = torch.split(self.a(x), 4, dim=1)
+            return torch.cat([self.b(u), self.c(v)], 1)
+
+    g = build_graph(Split(), torch.randn(1, 3, 4, 4))
+    assert not _group(g, "a.0").prunable
+    assert "splits channels at fixed sizes" in g.explain("a.0")
+
+
+def test_untraceable_root_raises_clear_error():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.c(x)
+            return x
+
+    with pytest.raises(GraphError, match="torch.fx symbolic tracing"):
+        build_graph(Bad(), torch.randn(1, 3, 8, 8))
+
+
+def test_leaf_modules_option_keeps_a_submodule_whole():
+    model, x = make("residual")
+    g = build_graph(model, x, leaf_modules=["b1"])
+    assert not _group(g, "stem.0").prunable
+    assert "unsupported op: module b1" in g.explain("stem.0")
+
+
+def test_build_graph_leaves_model_unchanged():
+    model, x = make("residual")
+    model.train()
+    model.b1.eval()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    build_graph(model, x)
+    assert model.training and not model.b1.training and model.b2.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_build_graph_argument_errors():
+    with pytest.raises(TypeError, match="nn.Module"):
+        build_graph("model", torch.randn(1))
+    model, x = make("mlp")
+    with pytest.raises(TypeError, match="example_inputs"):
+        build_graph(model, {"x": x})
+    with pytest.raises(GraphError, match="example_inputs failed"):
+        build_graph(model, torch.randn(4, 7))
+
+
+def test_handler_registry_is_a_dict_that_can_be_extended():
+    assert HANDLERS[nn.Conv2d] is HANDLERS[nn.Conv1d]
+    assert "method:view" in HANDLERS and torch.cat in HANDLERS
+
+    class Scale(nn.Module):  # a torch.nn-like leaf: unknown until registered
+        def forward(self, x):
+            return x * 2
+
+    Scale.__module__ = "torch.nn.custom"
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.s, self.b = cbr(3, 4), Scale(), cbr(4, 2)
+
+        def forward(self, x):
+            return self.b(self.s(self.a(x)))
+
+    net, x = Net(), torch.randn(1, 3, 4, 4)
+    assert not _group(build_graph(net, x), "a.0").prunable
+    HANDLERS[Scale] = HANDLERS[nn.ReLU]
+    try:
+        assert _group(build_graph(net, x), "a.0").prunable
+    finally:
+        del HANDLERS[Scale]
+
+
+def test_reference_model_groups():
+    models = pytest.importorskip("pyprune.models")
+    g = build_graph(models.get_model("resnet20"), torch.randn(1, 3, 32, 32))
+    stages = [grp for grp in g.groups if len(grp.producers) > 1]
+    assert len(stages) == 3  # one residual stream per stage
+    assert sum(len(s.producers) for s in stages) == 1 + 3 + 4 + 4  # stem, convs, shortcuts
+    assert len(g.prunable_groups) == len(g.groups) - 1  # all but the classifier

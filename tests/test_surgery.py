@@ -1,0 +1,239 @@
+"""Surgery: attributes, gradients, optimizer state, history, atomicity."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pyprune.ops
+from pyprune.criteria.random import random_scores
+from pyprune.graph import build_graph
+from pyprune.plan import Plan, make_plan
+from pyprune.surgery import HISTORY_ATTR, apply_plan, history, replay
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c3 = nn.Conv2d(8, 6, 1)
+        self.fc1 = nn.Linear(6 * 2 * 2, 10)
+        self.fc2 = nn.Linear(10, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.c1(x)))
+        x = x + self.bn2(self.c2(x))
+        x = torch.relu(self.dw(x))
+        x = nn.functional.max_pool2d(torch.relu(self.c3(x)), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+X = torch.randn(4, 3, 4, 4)
+
+
+def setup(seed=0, ratio=0.5):
+    torch.manual_seed(seed)
+    model = Net()
+    g = build_graph(model, X)
+    plan = make_plan(g, random_scores(model, seed=seed), ratio=ratio)
+    return model, g, plan
+
+
+def snapshot(model, opt=None):
+    snap = {}
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        snap[n] = (t.clone(), t.shape, t.stride(), t.untyped_storage().data_ptr(),
+                   None if getattr(t, "grad", None) is None else t.grad.clone())
+    attrs = {n: {k: v for k, v in vars(m).items() if isinstance(v, (int, tuple, bool, float))}
+             for n, m in model.named_modules()}
+    state = None
+    if opt is not None:
+        state = [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
+                 for p in model.parameters()]
+    return snap, attrs, state, copy.deepcopy(getattr(model, HISTORY_ATTR, None))
+
+
+def assert_same(a, b):
+    (sa, aa, oa, ha), (sb, ab, ob, hb) = a, b
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        ta, tb = sa[k], sb[k]
+        assert torch.equal(ta[0], tb[0]) and ta[1:4] == tb[1:4], k
+        assert (ta[4] is None) == (tb[4] is None) and (ta[4] is None or torch.equal(ta[4], tb[4]))
+    assert aa == ab
+    if oa is not None:
+        for x, y in zip(oa, ob):
+            assert x.keys() == y.keys()
+            for k in x:
+                assert torch.equal(x[k], y[k]) if torch.is_tensor(x[k]) else x[k] == y[k]
+    assert ha == hb
+
+
+def test_attributes_and_shapes_follow_the_plan():
+    model, g, plan = setup()
+    apply_plan(model, plan)
+    assert model.c1.out_channels == model.bn1.num_features == model.c2.in_channels == 4
+    assert model.dw.groups == model.dw.in_channels == model.dw.out_channels == 4
+    assert model.dw.weight.shape == (4, 1, 3, 3)
+    assert model.c3.out_channels == 3 and model.fc1.in_features == 12
+    assert model.fc1.out_features == 5 and model.fc2.out_features == 3
+    assert model(X).shape == (4, 3)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    lambda p: torch.optim.Adam(p, lr=1e-3),
+    lambda p: torch.optim.AdamW(p, lr=1e-3, amsgrad=True),
+])
+def test_optimizer_state_and_grads_are_pruned(make_opt):
+    model, g, plan = setup()
+    opt = make_opt(model.parameters())
+    for _ in range(2):
+        opt.zero_grad()
+        model(X).square().mean().backward()
+        opt.step()
+    model(X).square().mean().backward()  # leave fresh grads in place
+    old = {n: (p.detach().clone(), p.grad.clone(),
+               {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v) and v.dim()})
+           for n, p in model.named_parameters()}
+    apply_plan(model, plan, optimizer=opt)
+    rec = history(model)[-1]
+    for t in rec["tensors"]:
+        if t["name"] not in old:
+            continue
+        p = model.get_parameter(t["name"])
+        assert p.grad.shape == p.shape
+        for v in opt.state[p].values():
+            if torch.is_tensor(v) and v.dim():
+                assert v.shape == p.shape
+    # c1's filters: value, grad and state rows are the kept rows of the old ones
+    keep = next(t["keep"] for t in rec["tensors"] if t["name"] == "c1.weight" and t["dim"] == 0)
+    p = model.c1.weight
+    assert torch.equal(p.detach(), old["c1.weight"][0][keep])
+    assert torch.equal(p.grad, old["c1.weight"][1][keep])
+    for k, v in old["c1.weight"][2].items():
+        assert torch.equal(opt.state[p][k], v[keep])
+    opt.zero_grad()
+    model(X).square().mean().backward()
+    opt.step()  # training continues
+
+
+def test_history_records_plain_data():
+    model, g, plan = setup()
+    rec = apply_plan(model, plan)
+    assert history(model) == [rec]
+    t = rec["tensors"][0]
+    assert set(t) == {"name", "dim", "block", "keep"} and isinstance(t["keep"], list)
+    assert any(a == {"module": "dw", "attr": "groups", "value": 4} for a in rec["attrs"])
+    fc1 = [t for t in rec["tensors"] if t["name"] == "fc1.weight" and t["dim"] == 1]
+    assert fc1[0]["block"] == 4
+
+
+def test_replay_rebuilds_the_same_structure():
+    model, g, plan = setup()
+    apply_plan(model, plan)
+    torch.manual_seed(0)
+    fresh = Net()
+    replay(fresh, history(model))
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.eval()(X), model.eval()(X))
+    assert history(fresh) == history(model)
+
+
+def test_failure_inside_the_op_rolls_everything_back(monkeypatch):
+    model, g, plan = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(X).sum().backward()
+    opt.step()
+    model(X).sum().backward()
+    before = snapshot(model, opt)
+    real = pyprune.ops.select_channels_
+
+    def half_then_fail(pairs, keep):
+        n = len(pairs) // 2
+        real(list(pairs[:n]), list(keep[:n]))  # really compacts half of the tensors
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(pyprune.ops, "select_channels_", half_then_fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        apply_plan(model, plan, optimizer=opt)
+    assert_same(snapshot(model, opt), before)
+    monkeypatch.setattr(pyprune.ops, "select_channels_", real)
+    apply_plan(model, plan, optimizer=opt)  # and the model is still prunable
+    assert model(X).shape == (4, 3)
+
+
+def test_failure_in_an_attribute_update_rolls_everything_back(monkeypatch):
+    model, g, plan = setup()
+    before = snapshot(model)
+    orig = nn.Module.__setattr__
+
+    def failing(self, name, value):
+        if name == "num_features":
+            raise RuntimeError("injected attribute failure")
+        orig(self, name, value)
+
+    monkeypatch.setattr(nn.BatchNorm2d, "__setattr__", failing)
+    with pytest.raises(RuntimeError, match="injected attribute"):
+        apply_plan(model, plan)
+    monkeypatch.undo()
+    assert_same(snapshot(model), before)
+
+
+def test_invalid_plans_change_nothing():
+    model, g, plan = setup()
+    before = snapshot(model)
+    first = next(iter(plan.keep))
+    bad = [
+        ({first: torch.tensor([1, 0])}, "sorted and unique"),
+        ({first: torch.tensor([], dtype=torch.int64)}, "empty"),
+        ({first: torch.tensor([0, 99])}, "out of range"),
+        ({first: torch.tensor([0.0, 1.0])}, "integer"),
+        ({12345: torch.tensor([0])}, "unknown group"),
+        ({g.groups_of("fc2")[0].id: torch.tensor([0])}, "not prunable"),
+    ]
+    for keep, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            apply_plan(model, Plan(keep, g))
+        assert_same(snapshot(model), before)
+    other, _, other_plan = setup()
+    with pytest.raises(ValueError, match="another model"):
+        apply_plan(model, other_plan)
+    with pytest.raises(TypeError, match="Optimizer"):
+        apply_plan(model, plan, optimizer=object())
+    assert_same(snapshot(model), before)
+
+
+def test_stale_graph_is_refused():
+    model, g, plan = setup()
+    apply_plan(model, plan)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="stale"):
+        apply_plan(model, plan)
+    assert_same(snapshot(model), before)
+
+
+def test_optimizer_state_of_unexpected_shape_is_refused():
+    model, g, plan = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.state[model.c1.weight]["weird"] = torch.zeros(3)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="weird"):
+        apply_plan(model, plan, optimizer=opt)
+    assert_same(snapshot(model), before)
+
+
+def test_prune_twice_and_without_backup():
+    model, g, plan = setup()
+    apply_plan(model, plan, backup=False)
+    g2 = build_graph(model, X)
+    apply_plan(model, make_plan(g2, random_scores(model, seed=1), ratio=0.5))
+    assert len(history(model)) == 2
+    assert model.c1.out_channels == 2
+    assert model(X).shape == (4, 3)
