@@ -208,7 +208,7 @@ def replay(model: nn.Module, records: Sequence[Dict[str, Any]], *, backup: bool 
                 if not hasattr(mod, str(a["attr"])):
                     raise ValueError(f"module {a['module']!r} has no attribute {a['attr']!r}")
                 attrs.append((mod, str(a["attr"]), getattr(mod, str(a["attr"])), int(a["value"])))
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"surgery record {i} is malformed or does not fit this model: "
                              f"{type(e).__name__}: {e}") from e
         prep = _Prepared(pairs, keeps, attrs, {"tensors": list(tensors), "attrs": list(attr_items)})
