@@ -1,0 +1,109 @@
+"""Batched matrix rank: pyprune.ops.matrix_rank vs torch.linalg.matrix_rank.
+
+Correctness first (the two must agree on every map), then timing: the same
+tensor in the same process, median of --runs runs after a warm-up.  Feature
+maps are N(0, 1) samples (full rank, the worst case: no zero rows or columns to
+skip); --relu uses ReLU'd maps as a network would produce.
+
+    python benchmarks/bench_rank.py [--device cpu|cuda] [--dtype float32 ...]
+                                    [--shapes cifar|imagenet|all] [--json PATH]
+
+--json writes {"machine": ..., "records": [...]}, one record per shape/dtype
+with keys shape, dtype, device, pyprune_s, torch_s, speedup, maps_per_s (and,
+on CUDA, pyprune_cpu_s and gflops, the float64 GFLOP/s of the algorithm).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import os
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine, median_time, print_table, write_json  # noqa: E402
+
+import pyprune  # noqa: E402
+
+CIFAR = [(64, 64, 32, 32), (64, 128, 16, 16), (64, 256, 8, 8), (16, 64, 56, 56), (8, 64, 112, 112)]
+IMAGENET = [(64, 256, 56, 56), (64, 64, 112, 112), (32, 512, 14, 14), (32, 2048, 7, 7)]
+
+
+def algorithm_flops(m: int, n: int, dtype: torch.dtype) -> float:
+    """Float64 flops of pyprune's algorithm for one m x n matrix (n <= m after transposing)."""
+    m, n = max(m, n), min(m, n)
+    sturm = (9 * 3 + 1) * n * 4  # quadrisection counts + final count, ~4 flops per step
+    if dtype == torch.float64:
+        return 4.0 * m * n * n - 4.0 / 3.0 * n ** 3 + 2 * sturm
+    return float(n * (n + 1) * m) + 4.0 / 3.0 * n ** 3 + sturm
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16", "float64"])
+    p.add_argument("--shapes", default="cifar", choices=["cifar", "imagenet", "all"])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--relu", action="store_true", help="ReLU'd maps instead of N(0,1) maps")
+    p.add_argument("--no-cpu", action="store_true", help="on CUDA, skip the pyprune-on-CPU column")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.runs < 5:
+        p.error("--runs must be >= 5 (median of at least five runs)")
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench_rank: --device cuda asked for but torch.cuda.is_available() is False; skipping")
+        return 0
+    shapes = {"cifar": CIFAR, "imagenet": IMAGENET, "all": CIFAR + IMAGENET}[args.shapes]
+    meta = machine(device)
+    print("machine:", meta)
+    records, rows = [], []
+    gen = torch.Generator().manual_seed(0)
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        for shape in shapes:
+            x = torch.randn(*shape, generator=gen)
+            if args.relu:
+                x = torch.relu(x)
+            x = x.to(device=device, dtype=dtype)
+            # torch.linalg.matrix_rank has no half-precision kernels: it gets the same values in float32
+            # with the tolerance of the input dtype.
+            xt = x if dtype in (torch.float32, torch.float64) else x.float()
+            rtol = torch.finfo(dtype).eps * max(shape[-2:])
+            ours = pyprune.ops.matrix_rank(x)
+            ref = torch.linalg.matrix_rank(xt, rtol=rtol)
+            agree = float((ours == ref).double().mean())
+            if agree < 1.0:
+                print(f"bench_rank: results differ from torch on {100 * (1 - agree):.3f}% of maps for {shape} {dtype_name}")
+                return 1
+            t_ours = median_time(lambda: pyprune.ops.matrix_rank(x), device=device, runs=args.runs)
+            t_torch = median_time(lambda: torch.linalg.matrix_rank(xt, rtol=rtol), device=device, runs=args.runs)
+            maps = x.numel() // (shape[-1] * shape[-2])
+            flops = maps * algorithm_flops(shape[-2], shape[-1], dtype)
+            rec = {"shape": list(shape), "dtype": dtype_name, "device": device, "pyprune_s": t_ours,
+                   "torch_s": t_torch, "speedup": t_torch / t_ours, "maps_per_s": maps / t_ours,
+                   "torch_maps_per_s": maps / t_torch, "gflops": flops / t_ours / 1e9}
+            row = [str(tuple(shape)), dtype_name, f"{t_ours * 1e3:.2f}", f"{t_torch * 1e3:.2f}",
+                   f"{rec['speedup']:.1f}x", f"{rec['maps_per_s']:,.0f}", f"{rec['torch_maps_per_s']:,.0f}",
+                   f"{rec['gflops']:.1f}"]
+            if device.startswith("cuda") and not args.no_cpu:
+                xc = x.cpu()
+                t_cpu = median_time(lambda: pyprune.ops.matrix_rank(xc), runs=args.runs)
+                rec["pyprune_cpu_s"] = t_cpu
+                row.append(f"{t_cpu / t_ours:.1f}x")
+            records.append(rec)
+            rows.append(row)
+            print("  ".join(row), flush=True)
+    headers = ["shape", "dtype", "pyprune ms", "torch ms", "speedup", "pyprune maps/s", "torch maps/s",
+               "GFLOP/s(f64)"]
+    if device.startswith("cuda") and not args.no_cpu:
+        headers.append("vs pyprune CPU")
+    print()
+    print(f"matrix_rank on {device} ({meta.get('gpu', meta['cpu'])}), median of {args.runs} runs")
+    print_table(headers, rows)
+    write_json(args.json, records, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
