@@ -45,37 +45,45 @@ struct Cursor {
   }
 };
 
-// Copies a chunk whose size is a multiple of 4 bytes and at most 64: the
-// common case of conv kernels (3x3 float = 36 bytes) selected along dim 1.
-inline void copy_words(char* __restrict dst, const char* __restrict src, int64_t n) {
-  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
-  const uint32_t* s = reinterpret_cast<const uint32_t*>(src);
-  for (int64_t i = 0; i < n / 4; ++i) {
-    uint32_t v;
-    std::memcpy(&v, s + i, 4);
-    std::memcpy(d + i, &v, 4);
+// Copies chunks [t0, t1) of a job with chunk size N known at compile time
+// (N > 0) or at run time (N == 0).  The caller guarantees that no destination
+// in the range overlaps a source in the range (or one not yet read).
+template <int64_t N>
+void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1) {
+  Cursor c{&job, {}, 0};
+  c.seek(t0);
+  const int64_t chunk = N > 0 ? N : job.chunk_bytes;
+  char* dst = job.dst + t0 * chunk;
+  const char* src = job.src;
+  for (int64_t t = t0; t < t1; ++t, dst += chunk) {
+    const char* s = src + c.src_off;
+    if (N > 0) {
+      std::memcpy(dst, s, static_cast<size_t>(N));  // inlined as a few vector moves
+    } else if (dst != s) {
+      std::memcpy(dst, s, static_cast<size_t>(chunk));
+    }
+    c.next();
   }
 }
 
-// Copies chunks [t0, t1) of a job.  The caller guarantees that no destination
-// in the range overlaps a source in the range (or one not yet read).
+// Small chunks are the common case of conv weights selected along dim 1
+// (3x3 float32 = 36 bytes): a constant-size copy avoids a call per chunk.
 void copy_range(const SelectJob& job, int64_t t0, int64_t t1) {
   if (t0 >= t1) return;
-  Cursor c{&job, {}, 0};
-  c.seek(t0);
-  const int64_t chunk = job.chunk_bytes;
-  char* dst = job.dst + t0 * chunk;
-  const char* src = job.src;
-  if (chunk <= 64 && chunk % 4 == 0) {
-    for (int64_t t = t0; t < t1; ++t, dst += chunk) {
-      copy_words(dst, src + c.src_off, chunk);
-      c.next();
-    }
-  } else {
-    for (int64_t t = t0; t < t1; ++t, dst += chunk) {
-      if (dst != src + c.src_off) std::memcpy(dst, src + c.src_off, static_cast<size_t>(chunk));
-      c.next();
-    }
+  switch (job.chunk_bytes) {
+    case 1: copy_range_impl<1>(job, t0, t1); break;
+    case 2: copy_range_impl<2>(job, t0, t1); break;
+    case 4: copy_range_impl<4>(job, t0, t1); break;
+    case 8: copy_range_impl<8>(job, t0, t1); break;
+    case 16: copy_range_impl<16>(job, t0, t1); break;
+    case 18: copy_range_impl<18>(job, t0, t1); break;   // 3x3 half
+    case 32: copy_range_impl<32>(job, t0, t1); break;
+    case 36: copy_range_impl<36>(job, t0, t1); break;   // 3x3 float
+    case 50: copy_range_impl<50>(job, t0, t1); break;   // 5x5 half
+    case 72: copy_range_impl<72>(job, t0, t1); break;   // 3x3 double
+    case 100: copy_range_impl<100>(job, t0, t1); break; // 5x5 float
+    case 196: copy_range_impl<196>(job, t0, t1); break; // 7x7 float
+    default: copy_range_impl<0>(job, t0, t1); break;
   }
 }
 
