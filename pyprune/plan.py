@@ -168,30 +168,34 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order[:k]).values
 
 
-def _member_segments(graph: DependencyGraph, g: Group) -> List[torch.Tensor]:
-    """For each member of g: the channels (0-based in g) it holds."""
-    segs = []
-    for m in g.members:
+def _repair(graph: DependencyGraph, keep: Dict[int, torch.Tensor], flat: torch.Tensor,
+            cfg: PlanConfig) -> None:
+    """Make every layer keep at least ``min_channels`` channels of each pruned group."""
+    mask = torch.ones(graph.num_channels, dtype=torch.bool)
+    for gid, k in keep.items():
+        g = graph.groups[gid]
+        mask[g.offset:g.offset + g.size] = False
+        mask[g.offset + k] = True
+    pruned = torch.zeros(len(graph.groups), dtype=torch.bool)
+    pruned[list(keep)] = True
+    n_groups = len(graph.groups)
+    changed = set()
+    for m in graph.tensor_members:
         idx = graph.member_index(m)
-        idx = idx[graph.channel_group[idx] == g.id] - g.offset
-        segs.append(torch.unique(idx))
-    return segs
-
-
-def _repair(graph: DependencyGraph, g: Group, keep: torch.Tensor, s: torch.Tensor,
-            cfg: PlanConfig) -> torch.Tensor:
-    """Make every layer of the group keep at least ``min_channels`` channels."""
-    kept = torch.zeros(g.size, dtype=torch.bool)
-    kept[keep] = True
-    for seg in _member_segments(graph, g):
-        need = min(cfg.min_channels, int(seg.numel()))
-        have = int(kept[seg].sum())
-        if have >= need:
-            continue
-        cand = seg[~kept[seg]]
-        add = cand[_top(s[cand], need - have)]
-        kept[add] = True
-    return kept.nonzero().flatten()
+        gids = graph.channel_group[idx]
+        total = torch.bincount(gids, minlength=n_groups)
+        kept = torch.bincount(gids, weights=mask[idx].double(), minlength=n_groups)
+        need = total.clamp_max(cfg.min_channels)
+        bad = ((kept < need) & pruned).nonzero().flatten().tolist()
+        for gid in bad:
+            seg = torch.unique(idx[gids == gid])
+            cand = seg[~mask[seg]]
+            add = cand[_top(flat[cand], int(need[gid]) - int(kept[gid]))]
+            mask[add] = True
+            changed.add(gid)
+    for gid in changed:
+        g = graph.groups[gid]
+        keep[gid] = mask[g.offset:g.offset + g.size].nonzero().flatten()
 
 
 def _resolve_ignored(graph: DependencyGraph, ignore: Sequence[Union[str, nn.Module]]) -> set:
@@ -253,13 +257,11 @@ def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
             keep[g.id] = _top(s, k)
     if global_pool:
         keep.update(_global(graph, global_pool, flat, config))
+    if keep:
+        _repair(graph, keep, flat, config)
     for gid in list(keep):
-        g = graph.groups[gid]
-        k = _repair(graph, g, keep[gid], flat[g.offset:g.offset + g.size], config)
-        if k.numel() >= g.size:
+        if keep[gid].numel() >= graph.groups[gid].size:
             del keep[gid]
-        else:
-            keep[gid] = k
     return Plan(keep, graph, skipped)
 
 

@@ -175,3 +175,28 @@ def test_plan_invariants(graph, ratio, round_to, min_ch, seed, use_global):
         assert keep.numel() >= min(min_ch, g.size)
         assert bool((keep[1:] > keep[:-1]).all())
         assert keep.numel() % round_to == 0 or keep.numel() >= min_ch
+
+
+def test_min_channels_holds_for_every_layer_of_a_coupled_group():
+    class CatAdd(nn.Module):
+        """cat(a, b) + c: a and b each hold part of one group."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = cbr(3, 4), cbr(3, 4), cbr(3, 8)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), self.b(x)], 1) + self.c(x)
+            return self.fc(y.mean([2, 3]))
+
+    g = build_graph(CatAdd(), torch.randn(1, 3, 4, 4))
+    grp = g.groups_of("c.0")[0]
+    assert set(grp.producers) == {"a.0", "b.0", "c.0"}
+    s = {"c.0": torch.tensor([0.0, 0, 0, 0, 5, 6, 7, 8])}  # b's channels win outright
+    plan = make_plan(g, s, ratio=0.5)
+    assert plan.keep[grp.id].tolist() == [0, 4, 5, 6, 7]  # a.0 would be zero-width otherwise
+    plan = make_plan(g, s, ratio=0.75, min_channels=1)
+    keep = plan.keep[grp.id].tolist()
+    assert any(i < 4 for i in keep) and any(i >= 4 for i in keep)  # a.0 keeps one channel
+    assert 7 in keep

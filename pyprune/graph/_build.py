@@ -155,6 +155,7 @@ class DependencyGraph:
             gid_of[e] = g
             flat[e] = self.groups[g].offset + pos_of_root[roots[e]]
         self._flat = torch.tensor(flat, dtype=torch.int64)
+        self._index_cache: Dict[int, Tuple[Any, torch.Tensor]] = {}
         self._gid = torch.tensor(gid_of, dtype=torch.int64)
         self.channel_group = torch.empty(self.num_channels, dtype=torch.int64)
         for g in self.groups:
@@ -191,8 +192,13 @@ class DependencyGraph:
         return idx
 
     def member_index(self, member: Union[TensorMember, AttrMember]) -> torch.Tensor:
-        """Flat channel index of each channel (block) of a member."""
-        return self._flat[torch.as_tensor(member.elems, dtype=torch.int64)]
+        """Flat channel index of each channel (block) of a member (cached; do not modify)."""
+        key = id(member)
+        hit = self._index_cache.get(key)
+        if hit is None or hit[0] is not member:
+            hit = (member, self._flat[torch.as_tensor(member.elems, dtype=torch.int64)])
+            self._index_cache[key] = hit
+        return hit[1]
 
     def out_index(self, module: str) -> torch.Tensor:
         """Flat channel index of each output channel of ``module`` (a producer)."""
