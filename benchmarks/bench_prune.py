@@ -53,6 +53,15 @@ MODELS: Dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def _tp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("torch-pruning")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -145,11 +154,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                      f"{t['total']:>10.3f} {str(r['params_equal']):>5} {r['speedup']:>6.2f}x")
         print(line)
     print(f"median of {args.runs} runs; pyprune total = graph + L1 scores + plan + surgery; "
-          f"ratio {args.ratio}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"ratio {args.ratio}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+          + (f"; torch-pruning {_tp_version()}" if use_tp else ""))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         meta = {"torch": torch.__version__, "pyprune": pyprune.__version__,
-                "torch_pruning": getattr(tp, "__version__", "1.6.x") if use_tp else None,
+                "torch_pruning": _tp_version() if use_tp else None,
                 "python": platform.python_version(), "threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(), "ratio": args.ratio, "runs": args.runs}
         with open(args.json, "w") as f:

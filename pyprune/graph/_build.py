@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Un
 import torch
 import torch.nn as nn
 from torch import fx
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ._core import AttrMember, GraphState, TensorMember
 from .handlers import Context, _elementwise, lookup, unknown
@@ -258,8 +258,56 @@ def _as_tuple(example_inputs: Any) -> Tuple[Any, ...]:
                     f"{type(example_inputs).__name__}")
 
 
+class _ShapeProp(fx.Interpreter):
+    """Record ``node.meta["tensor_meta"]`` (shape, dtype...) of every tensor value."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        found = False
+
+        def extract(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = fx.node.map_aggregate(result, extract)
+        if found:
+            n.meta["tensor_meta"] = meta
+        else:
+            n.meta.pop("tensor_meta", None)
+        return result
+
+
+#: ``shapes="auto"`` propagates shapes with fake tensors (no arithmetic) above this
+#: many parameters, and with one real forward pass below it (cheaper for small models).
+FAKE_SHAPES_ABOVE = 8_000_000
+
+
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, inputs: Tuple[Any, ...],
+                      shapes: str) -> None:
+    if shapes == "auto":
+        n = sum(p.numel() for p in model.parameters())
+        shapes = "fake" if n > FAKE_SHAPES_ABOVE else "real"
+    if shapes == "fake":
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with mode:
+                fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
+                        for t in inputs]
+                _ShapeProp(gm).run(*fake)
+            return
+        except Exception:  # noqa: BLE001 - ops without fake kernels: run for real
+            pass
+    _ShapeProp(gm).run(*inputs)
+
+
 def build_graph(model: nn.Module, example_inputs: Any, *,
-                leaf_modules: Iterable[Union[str, type]] = ()) -> DependencyGraph:
+                leaf_modules: Iterable[Union[str, type]] = (),
+                shapes: str = "auto") -> DependencyGraph:
     """Trace ``model`` with torch.fx and find its groups of coupled channels.
 
     ``example_inputs`` (a tensor or a tuple of positional inputs) is run once through
@@ -268,7 +316,14 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
     are not traced into: their channels are kept whole.  A submodule that fx cannot
     trace (data-dependent control flow, ...) is made such an opaque leaf automatically;
     if the model itself cannot be traced, :class:`GraphError` is raised.
+
+    ``shapes``: how tensor shapes are learnt: ``"real"`` (one forward pass),
+    ``"fake"`` (fake tensors: shapes only, no arithmetic, for large models; falls back
+    to a real pass if an op has no fake implementation) or ``"auto"`` (fake above
+    :data:`FAKE_SHAPES_ABOVE` parameters).
     """
+    if shapes not in ("auto", "real", "fake"):
+        raise ValueError(f"shapes must be 'auto', 'real' or 'fake', got {shapes!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
@@ -286,7 +341,7 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
     try:
         model.eval()
         with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+            _propagate_shapes(gm, model, inputs, shapes)
     except Exception as e:  # noqa: BLE001
         raise GraphError(f"running the traced model on example_inputs failed: "
                          f"{type(e).__name__}: {e}") from e

@@ -11,7 +11,7 @@ from pyprune.plan import make_plan
 from pyprune.criteria.random import random_scores
 from pyprune.surgery import apply_plan
 
-from pyprune_zoo import cbr, make
+from pyprune_zoo import ZOO, cbr, make
 
 
 def _group(g, producer):
@@ -227,6 +227,17 @@ def test_build_graph_leaves_model_unchanged():
         assert torch.equal(v, sd[k]), k
 
 
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_fake_and_real_shape_propagation_agree(name):
+    model, x = make(name)
+
+    def summary(g):
+        return [(grp.size, grp.producers, grp.reasons, [(m.name, m.dim, m.block) for m in grp.members])
+                for grp in g.groups]
+
+    assert summary(build_graph(model, x, shapes="fake")) == summary(build_graph(model, x, shapes="real"))
+
+
 def test_build_graph_argument_errors():
     with pytest.raises(TypeError, match="nn.Module"):
         build_graph("model", torch.randn(1))
@@ -235,6 +246,8 @@ def test_build_graph_argument_errors():
         build_graph(model, {"x": x})
     with pytest.raises(GraphError, match="example_inputs failed"):
         build_graph(model, torch.randn(4, 7))
+    with pytest.raises(ValueError, match="shapes"):
+        build_graph(model, x, shapes="meta")
 
 
 def test_handler_registry_is_a_dict_that_can_be_extended():
