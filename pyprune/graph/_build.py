@@ -381,7 +381,12 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
                         state.opaque_tensors.setdefault(
                             param_names[id(obj)],
                             f"tensor {a.target} is read directly by node {node.name}")
-        ctx.env[node] = handler(ctx, node, target)
+        try:
+            ctx.env[node] = handler(ctx, node, target)
+        except Exception as e:  # noqa: BLE001 - a handler bug must not give a wrong model
+            ctx.freeze_all(node, f"handler for node {node.name} failed "
+                                 f"({type(e).__name__}: {e}); its channels are kept whole")
+            ctx.env[node] = None
     for path in tracer.fallbacks:
         mod = model.get_submodule(path)
         for p in list(mod.parameters()) + list(mod.buffers()):

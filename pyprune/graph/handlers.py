@@ -335,9 +335,22 @@ def _elementwise(ctx: Context, node: fx.Node, target: Any) -> Result:
             return None
         return i.dim + (ndim - len(s))
 
+    # a one-channel tensor broadcast over many channels (e.g. a spatial attention map)
+    # is not coupled channel-by-channel: keep it whole and align the others
+    kept = []
+    for a, i in tracked:
+        da = aligned(a, i)
+        if da is not None and 0 <= da < ndim and i.size == 1 and out_shape[da] > 1:
+            ctx.freeze(i, f"{_describe(node)} (node {node.name}) broadcasts one channel "
+                          "over many")
+        else:
+            kept.append((a, i))
+    if not kept:
+        return None
+    tracked = kept
     first_a, first = tracked[0]
     d = aligned(first_a, first)
-    ok = d is not None and out_shape[d] == first.size
+    ok = d is not None and 0 <= d < ndim and out_shape[d] == first.size
     for a, i in tracked[1:]:
         if not ok:
             break
@@ -551,6 +564,8 @@ def _reduce(ctx: Context, node: fx.Node, target: Any) -> Result:
         return None
     in_shape = ctx.shape(src)
     d = _arg(node, 1, "dim")
+    if isinstance(d, fx.Node):  # torch.max(x, y): elementwise
+        return _elementwise(ctx, node, target)
     keep = bool(_arg(node, 2, "keepdim", False))
     reason = f"{_describe(node)} (node {node.name}) reduces over channels"
     if d is None or in_shape is None:

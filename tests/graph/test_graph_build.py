@@ -284,3 +284,35 @@ def test_reference_model_groups():
     assert len(stages) == 3  # one residual stream per stage
     assert sum(len(s.producers) for s in stages) == 1 + 3 + 4 + 4  # stem, convs, shortcuts
     assert len(g.prunable_groups) == len(g.groups) - 1  # all but the classifier
+
+
+def test_spatial_attention_broadcast_and_elementwise_max():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.att, self.b = cbr(3, 6), nn.Conv2d(6, 1, 1), cbr(6, 6)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            x = self.a(x)
+            x = x * torch.sigmoid(self.att(x))  # (N, 1, H, W) broadcast over channels
+            x = torch.max(x, self.b(x))  # elementwise max couples a and b
+            return self.fc(x.mean([2, 3]))
+
+    model = Attn().eval()
+    x = torch.randn(1, 3, 4, 4)
+    g = build_graph(model, x)
+    assert _group(g, "a.0") is _group(g, "b.0") and _group(g, "a.0").prunable
+    assert not _group(g, "att").prunable
+    apply_plan(model, make_plan(g, random_scores(model, seed=0), ratio=0.5))
+    assert model(x).shape == (1, 2) and model.a[0].out_channels == 3
+
+
+def test_a_failing_handler_keeps_channels_whole(monkeypatch):
+    def boom(ctx, node, target):
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setitem(HANDLERS, torch.cat, boom)
+    g = build_graph(*make("dense_cat"))
+    assert not _group(g, "l1.0").prunable
+    assert "handler bug" in g.explain("l1.0")
