@@ -29,11 +29,46 @@ T* as_ptr(uintptr_t address) {
 std::string rank_cpu_binding(uintptr_t data, int dtype, const std::vector<int64_t>& batch_sizes,
                              const std::vector<int64_t>& batch_strides, int64_t rows, int64_t cols,
                              int64_t row_stride, int64_t col_stride, double atol, double rtol,
-                             uintptr_t out, int threads, uintptr_t workspace) {
+                             uintptr_t out, int threads, uintptr_t workspace);
+
+using DimSpec = std::tuple<int64_t, int64_t, uintptr_t, int64_t>;   // size, stride (bytes), keep ptr, keep len
+using JobSpec = std::tuple<uintptr_t, uintptr_t, int64_t, std::vector<DimSpec>>;  // src, dst, chunk bytes, dims
+
+std::vector<SelectJob> to_select_jobs(const std::vector<JobSpec>& specs, const char* op) {
+  std::vector<SelectJob> jobs;
+  jobs.reserve(specs.size());
+  for (const auto& spec : specs) {
+    SelectJob job;
+    job.src = as_ptr<char>(std::get<0>(spec));
+    job.dst = as_ptr<char>(std::get<1>(spec));
+    job.chunk_bytes = std::get<2>(spec);
+    if (std::get<3>(spec).size() > 16) throw std::invalid_argument(std::string(op) + ": more than 16 dimensions");
+    for (const auto& d : std::get<3>(spec)) {
+      SelectDim dim;
+      dim.size = std::get<0>(d);
+      dim.stride = std::get<1>(d);
+      dim.keep = as_ptr<const int64_t>(std::get<2>(d));
+      dim.keep_len = dim.keep ? std::get<3>(d) : dim.size;
+      job.dims.push_back(dim);
+    }
+    jobs.push_back(std::move(job));
+  }
+  return jobs;
+}
+
+void select_cpu_binding(const std::vector<JobSpec>& specs, int threads) {
+  std::vector<SelectJob> jobs = to_select_jobs(specs, "select_cpu");
+  py::gil_scoped_release nogil;
+  select_cpu(jobs, threads);
+}
+
+RankJob make_rank_job(const char* op, uintptr_t data, int dtype, const std::vector<int64_t>& batch_sizes,
+                      const std::vector<int64_t>& batch_strides, int64_t rows, int64_t cols, int64_t row_stride,
+                      int64_t col_stride, double atol, double rtol, uintptr_t out) {
   if (batch_sizes.size() != batch_strides.size() || batch_sizes.size() > 16)
-    throw std::invalid_argument("rank_cpu: batch_sizes and batch_strides must have the same length <= 16");
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("rank_cpu: unknown dtype code");
-  if (rows < 1 || cols < 1) throw std::invalid_argument("rank_cpu: matrices must be non-empty");
+    throw std::invalid_argument(std::string(op) + ": batch_sizes and batch_strides must have the same length <= 16");
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument(std::string(op) + ": unknown dtype code");
+  if (rows < 1 || cols < 1) throw std::invalid_argument(std::string(op) + ": matrices must be non-empty");
   RankJob job;
   job.data = as_ptr<const void>(data);
   job.dtype = static_cast<DType>(dtype);
@@ -49,34 +84,17 @@ std::string rank_cpu_binding(uintptr_t data, int dtype, const std::vector<int64_
   job.atol = atol;
   job.rtol = rtol;
   job.out = as_ptr<int64_t>(out);
-  py::gil_scoped_release nogil;
-  return rank_cpu(job, threads, as_ptr<void>(workspace));
+  return job;
 }
 
-using DimSpec = std::tuple<int64_t, int64_t, uintptr_t, int64_t>;   // size, stride (bytes), keep ptr, keep len
-using JobSpec = std::tuple<uintptr_t, uintptr_t, int64_t, std::vector<DimSpec>>;  // src, dst, chunk bytes, dims
-
-void select_cpu_binding(const std::vector<JobSpec>& specs, int threads) {
-  std::vector<SelectJob> jobs;
-  jobs.reserve(specs.size());
-  for (const auto& spec : specs) {
-    SelectJob job;
-    job.src = as_ptr<char>(std::get<0>(spec));
-    job.dst = as_ptr<char>(std::get<1>(spec));
-    job.chunk_bytes = std::get<2>(spec);
-    if (std::get<3>(spec).size() > 16) throw std::invalid_argument("select_cpu: more than 16 dimensions");
-    for (const auto& d : std::get<3>(spec)) {
-      SelectDim dim;
-      dim.size = std::get<0>(d);
-      dim.stride = std::get<1>(d);
-      dim.keep = as_ptr<const int64_t>(std::get<2>(d));
-      dim.keep_len = dim.keep ? std::get<3>(d) : dim.size;
-      job.dims.push_back(dim);
-    }
-    jobs.push_back(std::move(job));
-  }
+std::string rank_cpu_binding(uintptr_t data, int dtype, const std::vector<int64_t>& batch_sizes,
+                             const std::vector<int64_t>& batch_strides, int64_t rows, int64_t cols,
+                             int64_t row_stride, int64_t col_stride, double atol, double rtol,
+                             uintptr_t out, int threads, uintptr_t workspace) {
+  const RankJob job = make_rank_job("rank_cpu", data, dtype, batch_sizes, batch_strides, rows, cols, row_stride,
+                                    col_stride, atol, rtol, out);
   py::gil_scoped_release nogil;
-  select_cpu(jobs, threads);
+  return rank_cpu(job, threads, as_ptr<void>(workspace));
 }
 
 }  // namespace
@@ -96,6 +114,48 @@ PYBIND11_MODULE(_C, m) {
         py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("threads"));
   m.def("select_cpu", &select_cpu_binding, py::arg("jobs"), py::arg("threads"),
         "Compacts kept channel sub-grids, in place (dst == src) or into dst.");
+
+#if PYPRUNE_WITH_CUDA
+  m.def("rank_cuda",
+        [](uintptr_t data, int dtype, const std::vector<int64_t>& batch_sizes, const std::vector<int64_t>& batch_strides,
+           int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride, double atol, double rtol, uintptr_t out,
+           int device, uintptr_t stream, uintptr_t workspace, int64_t workspace_bytes) {
+          const RankJob job = make_rank_job("rank_cuda", data, dtype, batch_sizes, batch_strides, rows, cols,
+                                            row_stride, col_stride, atol, rtol, out);
+          py::gil_scoped_release nogil;
+          rank_cuda(job, device, as_ptr<void>(stream), as_ptr<void>(workspace), workspace_bytes);
+        },
+        py::arg("data"), py::arg("dtype"), py::arg("batch_sizes"), py::arg("batch_strides"), py::arg("rows"),
+        py::arg("cols"), py::arg("row_stride"), py::arg("col_stride"), py::arg("atol"), py::arg("rtol"),
+        py::arg("out"), py::arg("device"), py::arg("stream"), py::arg("workspace"), py::arg("workspace_bytes"),
+        "Batched matrix rank of a strided device buffer, launched on `stream` without synchronising; "
+        "writes int64 ranks (-1 for non-finite matrices).");
+  m.def("rank_cuda_workspace_bytes",
+        [](int64_t rows, int64_t cols, int dtype, int64_t num_matrices, int device) {
+          if (dtype < 0 || dtype > 3) throw std::invalid_argument("rank_cuda_workspace_bytes: unknown dtype code");
+          return rank_cuda_workspace_bytes(rows, cols, static_cast<DType>(dtype), num_matrices, device);
+        },
+        py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("num_matrices"), py::arg("device"));
+  m.def("select_cuda_table_words",
+        [](const std::vector<JobSpec>& specs) {
+          return select_cuda_table_words(to_select_jobs(specs, "select_cuda_table_words"));
+        },
+        py::arg("jobs"));
+  m.def("select_cuda_pack",
+        [](const std::vector<JobSpec>& specs, uintptr_t host, uintptr_t device_table, int64_t words) {
+          return select_cuda_pack(to_select_jobs(specs, "select_cuda_pack"), as_ptr<int64_t>(host), device_table,
+                                  words);
+        },
+        py::arg("jobs"), py::arg("host"), py::arg("device_table"), py::arg("words"),
+        "Fills a host job table for select_cuda (kept indices read from host memory); returns the block count.");
+  m.def("select_cuda",
+        [](uintptr_t device_table, int64_t blocks, int device, uintptr_t stream) {
+          py::gil_scoped_release nogil;
+          select_cuda(as_ptr<const int64_t>(device_table), blocks, device, as_ptr<void>(stream));
+        },
+        py::arg("device_table"), py::arg("blocks"), py::arg("device"), py::arg("stream"),
+        "Compacts every job of a device table in one launch on `stream` (no synchronisation).");
+#endif
 
   m.def("build_info", []() {
     py::dict d;

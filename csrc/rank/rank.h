@@ -51,6 +51,16 @@ const char* rank_cpu(const RankJob& job, int threads, void* workspace);
 // Name of the kernel variant rank_cpu would use on this CPU ("avx2" or "generic").
 const char* rank_cpu_isa();
 
+// CUDA (rank_cuda.cu, built only when nvcc exists).  One thread block per
+// matrix; the per-matrix storage lives in shared memory when it fits the
+// device's opt-in limit, else in a global workspace of
+// rank_cuda_workspace_bytes(...) bytes (0 when shared memory suffices) that the
+// caller allocates on `device`.  rank_cuda launches on `stream` (a
+// cudaStream_t) and returns without synchronising; `data` and `out` are device
+// pointers.  Throws std::runtime_error with the CUDA error string on failure.
+int64_t rank_cuda_workspace_bytes(int64_t rows, int64_t cols, DType dtype, int64_t num_matrices, int device);
+void rank_cuda(const RankJob& job, int device, void* stream, void* workspace, int64_t workspace_bytes);
+
 namespace detail {
 // One kernel variant per instruction set; see rank_kernel.h.
 int64_t workspace_doubles_generic(int64_t rows, int64_t cols, DType dtype);

@@ -34,4 +34,19 @@ int64_t select_job_bytes(const SelectJob& job);
 // Runs every job on the CPU with up to `threads` threads.
 void select_cpu(std::vector<SelectJob>& jobs, int threads);
 
+// CUDA (select_cuda.cu, built only when nvcc exists): all jobs of a call in
+// one launch driven by a device-side job table.  Sources and destinations must
+// not overlap (in-place compaction goes through a scratch buffer).
+//  1. select_cuda_table_words(jobs): int64 words of the table.
+//  2. select_cuda_pack(jobs, host, device_table, words): fills the host buffer
+//     (reading the kept indices from host memory); pointers inside it are
+//     computed for a copy of it at device address `device_table`.  Returns the
+//     number of blocks to launch.
+//  3. the caller copies host -> device_table on its stream, then
+//     select_cuda(device_table, blocks, device, stream) launches on `stream`
+//     (a cudaStream_t) without synchronising.
+int64_t select_cuda_table_words(const std::vector<SelectJob>& jobs);
+int64_t select_cuda_pack(const std::vector<SelectJob>& jobs, int64_t* host, uintptr_t device_table, int64_t words);
+void select_cuda(const int64_t* device_table, int64_t blocks, int device, void* stream);
+
 }  // namespace pyprune
