@@ -1,6 +1,7 @@
 """Batched matrix rank: ``matrix_rank(x, *, atol=None, rtol=None)``."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Tuple, Union
 
@@ -55,8 +56,33 @@ def _coalesce(sizes: List[int], strides: List[int]) -> Tuple[List[int], List[int
     return out_s, out_t
 
 
+def _native_cuda(device: torch.device) -> bool:
+    """True when ``device`` is a CUDA device the native CUDA kernels can serve."""
+    return device.type == "cuda" and hasattr(_C, "rank_cuda") and _cuda_runtime_ok()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_runtime_ok() -> bool:
+    # The native module links its own CUDA runtime; it may see no device (e.g. a
+    # driver older than that runtime) even where torch does.
+    return int(_C.cuda_device_count()) > 0
+
+
+def _rank_cuda(t: torch.Tensor, code: int, sizes: List[int], strides: List[int], m: int, n: int,
+               a: float, r: float, out: torch.Tensor) -> None:
+    """Launch the native kernel on ``t``'s device and current stream (no host sync)."""
+    dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(dev):
+        nmat = out.numel()
+        ws_bytes = int(_C.rank_cuda_workspace_bytes(m, n, code, nmat, dev))
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=t.device) if ws_bytes > 0 else None
+        stream = torch.cuda.current_stream(t.device).cuda_stream
+        _C.rank_cuda(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
+                     out.data_ptr(), dev, stream, ws.data_ptr() if ws is not None else 0, ws_bytes)
+
+
 def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[float] = None,
-                threads: Optional[int] = None) -> ArrayLike:
+                threads: Optional[int] = None, check_finite: bool = True) -> ArrayLike:
     """Rank of every matrix in the last two dimensions of ``x``.
 
     Args:
@@ -68,9 +94,19 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
             ``rtol = eps(x.dtype) * max(M, N)``; when only ``atol > 0`` is given,
             ``rtol = 0``.  A singular value counts when it is ``> tol``.
         threads: CPU threads (default :func:`pyprune.ops.get_num_threads`).
+        check_finite: raise ``ValueError`` when a matrix holds NaN or Inf (the
+            default).  With ``False`` such matrices get rank ``-1`` instead and
+            no error is raised: on CUDA the default check reads one flag back
+            to the host (``bool((out < 0).any())``), which synchronises the
+            stream; pass ``False`` to keep a loop of calls asynchronous and test
+            ``(ranks < 0).any()`` once at the end.
 
     Returns:
         int64 ranks of shape ``x.shape[:-2]`` on ``x``'s device (numpy in, numpy out).
+
+    CUDA tensors run the native CUDA kernels (same algorithms, same results as
+    on the CPU) on the current stream, with any workspace allocated through
+    torch; without them (CPU-only build) the ranks are computed on a host copy.
 
     Contract: the result equals ``#{sigma > tol}`` for a float64 SVD of the same
     values wherever every singular value lies at least 1% (relative) away from
@@ -105,10 +141,11 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
 
     batch_shape = tuple(t.shape[:-2])
     m, n = int(t.shape[-2]), int(t.shape[-1])
-    if t.device.type != "cpu":
-        # No CUDA kernel in this build yet: compute on a host copy, answer on x's device.
-        return matrix_rank(t.cpu(), atol=atol, rtol=rtol, threads=nthreads).to(t.device)
-    out = torch.empty(batch_shape, dtype=torch.int64)
+    if t.device.type != "cpu" and not _native_cuda(t.device):
+        # No native kernel for this device: compute on a host copy, answer on x's device.
+        return matrix_rank(t.cpu(), atol=atol, rtol=rtol, threads=nthreads,
+                           check_finite=check_finite).to(t.device)
+    out = torch.empty(batch_shape, dtype=torch.int64, device=t.device)
     if out.numel() == 0 or m == 0 or n == 0:
         out.zero_()
         return out.numpy() if is_numpy else out
@@ -119,11 +156,16 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
         t = t.reshape(-1, m, n)
         sizes, strides = _coalesce([t.shape[0]], [t.stride(0)])
     code = _DTYPE_CODES[t.dtype]
-    ws = torch.empty(_C.rank_cpu_workspace_bytes(m, n, code, nthreads), dtype=torch.uint8)
-    _C.rank_cpu(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
-                out.data_ptr(), nthreads, ws.data_ptr())
+    if t.device.type == "cuda":
+        _rank_cuda(t, code, sizes, strides, m, n, a, r, out)
+    else:
+        ws = torch.empty(_C.rank_cpu_workspace_bytes(m, n, code, nthreads), dtype=torch.uint8)
+        _C.rank_cpu(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
+                    out.data_ptr(), nthreads, ws.data_ptr())
+    if not check_finite:
+        return out.numpy() if is_numpy else out
     bad = out < 0
-    if bool(bad.any()):
+    if bool(bad.any()):  # on CUDA: one device -> host read (synchronises the stream)
         first = int(bad.reshape(-1).nonzero()[0, 0])
         index = tuple(int(i) for i in np.unravel_index(first, batch_shape)) if batch_shape else ()
         raise ValueError(f"{op}: x holds NaN or Inf in matrix {index} (the first such matrix)")

@@ -1,6 +1,8 @@
 """Channel compaction: ``select_channels_(pairs, keep)`` and ``select_channels``."""
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -203,6 +205,62 @@ def _fallback(t: torch.Tensor, sels: Dict[int, _Sel]) -> torch.Tensor:
     return out
 
 
+def _native_cuda(device: torch.device) -> bool:
+    """True when ``device`` is a CUDA device the native compaction kernel can serve."""
+    return device.type == "cuda" and hasattr(_C, "select_cuda") and _cuda_runtime_ok()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_runtime_ok() -> bool:
+    return int(_C.cuda_device_count()) > 0
+
+
+def _cuda_launch(device: torch.device, *launches) -> None:
+    """Run each list of native jobs as one kernel launch, in order, on the current stream.
+
+    The job tables (and the kept indices) of all launches go to the device in
+    one pinned, non-blocking copy; nothing here waits for the device.
+    """
+    launches = [jobs for jobs in launches if jobs]
+    if not launches:
+        return
+    dev = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(dev):
+        words = [int(_C.select_cuda_table_words(jobs)) for jobs in launches]
+        host = torch.empty(sum(words), dtype=torch.int64, pin_memory=True)
+        table = torch.empty(sum(words), dtype=torch.int64, device=device)
+        blocks, off = [], 0
+        for jobs, w in zip(launches, words):
+            blocks.append(int(_C.select_cuda_pack(jobs, host.data_ptr() + 8 * off, table.data_ptr() + 8 * off, w)))
+            off += w
+        table.copy_(host, non_blocking=True)
+        stream = torch.cuda.current_stream(device).cuda_stream
+        off = 0
+        for w, nb in zip(words, blocks):
+            _C.select_cuda(table.data_ptr() + 8 * off, nb, dev, stream)
+            off += w
+
+
+def _cuda_compact_in_place(device: torch.device, items) -> None:
+    """In-place compaction of ``items`` = [(tensor, order, sels, kept_bytes)] on a CUDA device.
+
+    Two launches on the current stream: gather every tensor's kept grid into
+    one scratch buffer, then copy each block back to the front of its tensor.
+    Extra device memory: the scratch buffer, the sum of the compacted sizes
+    (each rounded up to 16 bytes), plus the job table; both are released to
+    torch's caching allocator on return.
+    """
+    offs, total = [], 0
+    for *_, nbytes in items:
+        offs.append(total)
+        total += (nbytes + 15) // 16 * 16
+    scratch = torch.empty(total, dtype=torch.uint8, device=device)
+    base = scratch.data_ptr()
+    gather = [_job(t, base + o, order, sels) for (t, order, sels, _), o in zip(items, offs)]
+    back = [(base + o, t.data_ptr(), nbytes, []) for (t, _, _, nbytes), o in zip(items, offs)]
+    _cuda_launch(device, gather, back)
+
+
 def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int] = None) -> List[torch.Tensor]:
     """Compact every ``(tensor, dim)`` in ``pairs`` to the channels in ``keep``, in place.
 
@@ -222,9 +280,13 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     (same memory format: contiguous or channels_last stay so); no second buffer
     is allocated on the CPU.  The storage keeps its old capacity: ``clone()``
     the result to release it.  Works on parameters and buffers (autograd is
-    bypassed, like ``.data`` assignment).  On devices without a native kernel
-    the selection is done with ``index_select`` and the tensor is re-pointed to
-    the new storage.
+    bypassed, like ``.data`` assignment).  On CUDA devices the native kernel
+    gathers every tensor of the call in one launch into a scratch buffer and
+    copies back in a second one, both on the current stream without
+    synchronising: the extra device memory is the total compacted size (plus
+    a small job table), freed on return.  On other devices (or a CPU-only
+    build) the selection is done with ``index_select`` and the tensor is
+    re-pointed to the new storage.
 
     All arguments are validated before any memory is touched: on error nothing
     is modified.  Returns the tensors of ``pairs`` (compacted), in order.
@@ -233,19 +295,27 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     nthreads = resolve_threads(op, threads)
     plans = _validate(op, pairs, keep, in_place=True)
     jobs = []
+    cuda_items = []
     updates = []
     for plan in plans:
         t = plan.tensor
         sizes = _new_sizes(t, plan.sels)
-        if t.device.type != "cpu":
+        native_cuda = t.device.type != "cpu" and _native_cuda(t.device)
+        if t.device.type != "cpu" and not native_cuda:
             updates.append((t, None, _fallback(t, plan.sels)))
             continue
         order = _dense_layout(t)
-        if t.numel() > 0:
+        if native_cuda:
+            nbytes = math.prod(sizes) * t.element_size()
+            if t.numel() > 0 and nbytes > 0:
+                cuda_items.append((t, order, plan.sels, nbytes))
+        elif t.numel() > 0:
             jobs.append(_job(t, t.data_ptr(), order, plan.sels))
         updates.append((t, (sizes, _dense_strides(sizes, order)), None))
     if jobs:
         _C.select_cpu(jobs, nthreads)
+    if cuda_items:
+        _cuda_compact_in_place(cuda_items[0][0].device, cuda_items)
     with torch.no_grad():
         for t, layout, new in updates:
             if new is not None:
@@ -259,27 +329,34 @@ def select_channels(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int]
     """Out-of-place :func:`select_channels_`: returns new tensors, one per pair.
 
     Inputs are left untouched and may have any strides.  Pairs that name the
-    same tensor share one result holding all of their selections.
+    same tensor share one result holding all of their selections.  On CUDA
+    devices all results are written by one native launch on the current stream
+    (non-dense inputs are first made contiguous by torch); no extra memory
+    beyond the results and a small job table.
     """
     op = "select_channels"
     nthreads = resolve_threads(op, threads)
     plans = _validate(op, pairs, keep, in_place=False)
     jobs = []
+    cuda_jobs = []
     results: Dict[int, torch.Tensor] = {}
     keepalive = []
     for plan in plans:
         t = plan.tensor
         sizes = _new_sizes(t, plan.sels)
-        if t.device.type != "cpu":
+        native_cuda = t.device.type != "cpu" and _native_cuda(t.device)
+        if t.device.type != "cpu" and not native_cuda:
             results[id(t)] = _fallback(t, plan.sels)
             continue
         src = t if _dense_layout(t) is not None else t.contiguous()
         order = _dense_layout(src)
         out = torch.empty_strided(sizes, _dense_strides(sizes, order), dtype=t.dtype, device=t.device)
         if out.numel() > 0:
-            jobs.append(_job(src, out.data_ptr(), order, plan.sels))
+            (cuda_jobs if native_cuda else jobs).append(_job(src, out.data_ptr(), order, plan.sels))
             keepalive.append(src)
         results[id(t)] = out
     if jobs:
         _C.select_cpu(jobs, nthreads)
+    if cuda_jobs:
+        _cuda_launch(plans[0].tensor.device, cuda_jobs)
     return [results[id(p[0])] for p in pairs]
