@@ -282,7 +282,7 @@ class _ShapeProp(fx.Interpreter):
 
 #: ``shapes="auto"`` propagates shapes with fake tensors (no arithmetic) above this
 #: many parameters, and with one real forward pass below it (cheaper for small models).
-FAKE_SHAPES_ABOVE = 8_000_000
+FAKE_SHAPES_ABOVE = 50_000_000
 
 
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, inputs: Tuple[Any, ...],
