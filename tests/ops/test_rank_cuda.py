@@ -14,6 +14,7 @@ from pyprune.ops import rank as rank_mod
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+NAME = lambda dtype: str(dtype).replace("torch.", "")  # noqa: E731
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SHAPES = [(1, 1), (7, 13), (13, 7), (32, 32), (56, 56), (112, 112), (224, 224), (40, 100)]
 
@@ -55,7 +56,7 @@ def same_on_cpu_and_cuda(x, **kw):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=NAME)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_matches_float64_svd(device, dtype, shape):
     m, n = shape
@@ -67,7 +68,7 @@ def test_matches_float64_svd(device, dtype, shape):
     assert ok.float().mean() >= 0.5
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=NAME)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("cuda", [pytest.param(True, marks=needs_cuda)], ids=[""])
 def test_cuda_identical_to_cpu(dtype, shape, cuda):
@@ -75,7 +76,7 @@ def test_cuda_identical_to_cpu(dtype, shape, cuda):
     same_on_cpu_and_cuda(mixed_ranks(m, n, dtype, batch=3 if m * n > 100 * 100 else 8, seed=7))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=NAME)
 @pytest.mark.parametrize("cuda", [pytest.param(True, marks=needs_cuda)], ids=[""])
 def test_cuda_identical_to_cpu_random_scales_and_strides(dtype, cuda):
     gen = torch.Generator().manual_seed(3)
@@ -89,7 +90,7 @@ def test_cuda_identical_to_cpu_random_scales_and_strides(dtype, cuda):
         same_on_cpu_and_cuda(x[:1].expand(3, m, n))        # batch stride 0
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=NAME)
 @pytest.mark.parametrize("cuda", [pytest.param(True, marks=needs_cuda)], ids=[""])
 def test_feature_maps_channels_last(dtype, cuda):
     """HRank's input: (N, C, H, W) feature maps, contiguous and channels_last."""
@@ -103,8 +104,12 @@ def test_feature_maps_channels_last(dtype, cuda):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_many_matrices_large_batch(device):
-    """More matrices than resident blocks: the grid strides (f64 224 x 160 uses the global workspace)."""
-    x = mixed_ranks(160, 160, torch.float64, batch=20, seed=11)
+    """More matrices than resident blocks: the grid strides over the batch.
+
+    float64 1000 x 30 needs 241 KB per matrix, over every GPU's shared-memory
+    limit, so it also runs from the global workspace (2 blocks per SM).
+    """
+    x = mixed_ranks(1000, 30, torch.float64, batch=20, seed=11)
     x = torch.cat([x] * 16).to(device)  # 320 matrices
     got = matrix_rank(x).cpu()
     ref, ok = reference(x[:20])
@@ -115,7 +120,18 @@ def test_many_matrices_large_batch(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+def test_global_workspace_path(device):
+    """Per-matrix storage above the shared-memory limit (a few matrices: cheap under compute-sanitizer)."""
+    for m, n, dtype in [(1000, 30, torch.float64), (240, 300, torch.float32), (230, 250, torch.bfloat16)]:
+        x = mixed_ranks(m, n, dtype, batch=2, seed=m).to(device)
+        got = matrix_rank(x)
+        ref, ok = reference(x)
+        assert torch.equal(got.cpu()[ok], ref[ok]) and bool(ok.any())
+        assert torch.equal(got.cpu(), matrix_rank(x.cpu()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=NAME)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_reported(device, dtype, bad):
     x = mixed_ranks(12, 9, dtype, batch=6).reshape(2, 3, 12, 9).to(device)

@@ -14,6 +14,7 @@ from pyprune.ops import select as select_mod
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+NAME = lambda dtype: str(dtype).replace("torch.", "")  # noqa: E731
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int64,
           torch.bool, torch.complex64, torch.complex128]
 
@@ -67,7 +68,7 @@ def expected(ts):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=NAME)
 def test_conv_bn_linear_in_place_one_call(device, dtype):
     ts = model_tensors(device, dtype)
     want = expected(ts)
@@ -103,7 +104,7 @@ def test_same_tensor_two_dims_and_channels_last(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=NAME)
 def test_dtypes_multi_job(device, dtype):
     """Many tensors with per-pair keeps in one call (one launch on CUDA)."""
     gen = torch.Generator().manual_seed(5)
