@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import fx
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ._core import AttrMember, GraphState, TensorMember
 from .handlers import Context, _elementwise, lookup, unknown
@@ -258,8 +257,16 @@ def _as_tuple(example_inputs: Any) -> Tuple[Any, ...]:
                     f"{type(example_inputs).__name__}")
 
 
+@dataclass(frozen=True)
+class TensorShape:
+    """What the graph records of a traced tensor value (``node.meta["tensor_meta"]``)."""
+
+    shape: Tuple[int, ...]
+    dtype: torch.dtype
+
+
 class _ShapeProp(fx.Interpreter):
-    """Record ``node.meta["tensor_meta"]`` (shape, dtype...) of every tensor value."""
+    """Record ``node.meta["tensor_meta"]`` (a :class:`TensorShape`) of every tensor value."""
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
@@ -269,7 +276,7 @@ class _ShapeProp(fx.Interpreter):
             nonlocal found
             if isinstance(obj, torch.Tensor):
                 found = True
-                return _extract_tensor_metadata(obj)
+                return TensorShape(tuple(int(v) for v in obj.shape), obj.dtype)
             return obj
 
         meta = fx.node.map_aggregate(result, extract)
