@@ -178,21 +178,34 @@ def _repair(graph: DependencyGraph, keep: Dict[int, torch.Tensor], flat: torch.T
         mask[g.offset + k] = True
     pruned = torch.zeros(len(graph.groups), dtype=torch.bool)
     pruned[list(keep)] = True
+    maps = graph.channel_maps
+    if not maps:
+        return
     n_groups = len(graph.groups)
+    # count, for every (layout, group) pair at once, channels held and channels kept
+    idx = torch.cat(maps)
+    seg = torch.repeat_interleave(torch.arange(len(maps)),
+                                  torch.tensor([m.numel() for m in maps]))
+    gids = graph.channel_group[idx]
+    key = seg * n_groups + gids
+    size = len(maps) * n_groups
+    total = torch.bincount(key, minlength=size)
+    kept = torch.bincount(key, weights=mask[idx].to(torch.float64), minlength=size)
+    need = total.clamp_max(cfg.min_channels)
+    group_of_key = torch.arange(size) % n_groups
+    bad = ((kept < need) & pruned[group_of_key]).nonzero().flatten().tolist()
     changed = set()
-    for m in graph.tensor_members:
-        idx = graph.member_index(m)
-        gids = graph.channel_group[idx]
-        total = torch.bincount(gids, minlength=n_groups)
-        kept = torch.bincount(gids, weights=mask[idx].double(), minlength=n_groups)
-        need = total.clamp_max(cfg.min_channels)
-        bad = ((kept < need) & pruned).nonzero().flatten().tolist()
-        for gid in bad:
-            seg = torch.unique(idx[gids == gid])
-            cand = seg[~mask[seg]]
-            add = cand[_top(flat[cand], int(need[gid]) - int(kept[gid]))]
-            mask[add] = True
-            changed.add(gid)
+    for k in bad:
+        mid, gid = divmod(k, n_groups)
+        m = maps[mid]
+        seg_idx = torch.unique(m[graph.channel_group[m] == gid])
+        have = int(mask[seg_idx].sum())
+        want = min(cfg.min_channels, int(seg_idx.numel()))
+        if have >= want:  # an earlier repair in this loop already added channels
+            continue
+        cand = seg_idx[~mask[seg_idx]]
+        mask[cand[_top(flat[cand], want - have)]] = True
+        changed.add(gid)
     for gid in changed:
         g = graph.groups[gid]
         keep[gid] = mask[g.offset:g.offset + g.size].nonzero().flatten()

@@ -41,16 +41,27 @@ def history(model: nn.Module) -> List[Dict[str, Any]]:
     return list(getattr(model, HISTORY_ATTR, []))
 
 
-def _get_tensor(model: nn.Module, name: str) -> torch.Tensor:
-    mod_name, _, attr = name.rpartition(".")
-    try:
-        mod = model.get_submodule(mod_name) if mod_name else model
-    except AttributeError:
-        raise ValueError(f"the model has no module {mod_name!r} (for tensor {name!r})") from None
-    t = getattr(mod, attr, None)
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"the model has no tensor {name!r}")
-    return t
+class _Lookup:
+    """Modules and tensors of a model by qualified name (one walk of the model)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = dict(model.named_modules(remove_duplicate=False))
+
+    def module(self, name: str) -> nn.Module:
+        mod = self.modules.get(name)
+        if mod is None:
+            raise ValueError(f"the model has no module {name!r}")
+        return mod
+
+    def tensor(self, name: str) -> torch.Tensor:
+        mod_name, _, attr = name.rpartition(".")
+        mod = self.modules.get(mod_name)
+        if mod is None:
+            raise ValueError(f"the model has no module {mod_name!r} (for tensor {name!r})")
+        t = getattr(mod, attr, None)
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"the model has no tensor {name!r}")
+        return t
 
 
 @dataclass
@@ -94,19 +105,33 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
         k = _check_keep(gid, k, g.size)
         mask[g.offset:g.offset + g.size] = False
         mask[g.offset + k] = True
+    look = _Lookup(model)
     pairs: List[Tuple[torch.Tensor, int, int]] = []
     keeps: List[torch.Tensor] = []
     tensors_rec: List[Dict[str, Any]] = []
     opt_state = optimizer.state if optimizer is not None else {}
+    local_of: Dict[int, Optional[Tuple[torch.Tensor, List[int]]]] = {}
+
+    def local_keep(member: Any) -> Optional[Tuple[torch.Tensor, List[int]]]:
+        mid = graph.map_id(member)
+        if mid not in local_of:
+            kept = mask[graph.member_index(member)]
+            if bool(kept.all()):
+                local_of[mid] = None
+            else:
+                local = kept.nonzero().flatten()
+                local_of[mid] = (local, local.tolist())
+        return local_of[mid]
+
     for m in graph.tensor_members:
-        kept = mask[graph.member_index(m)]
-        if bool(kept.all()):
+        lk = local_keep(m)
+        if lk is None:
             continue
-        local = kept.nonzero().flatten()
+        local, local_list = lk
         if local.numel() == 0:
             raise ValueError(f"the plan removes every channel of {m.name} (dim {m.dim}); "
                              "keep at least one channel per layer (min_channels)")
-        t = _get_tensor(model, m.name)
+        t = look.tensor(m.name)
         expect = len(m.elems) * m.block
         if t.dim() <= m.dim or t.shape[m.dim] != expect:
             raise ValueError(f"{m.name} has shape {tuple(t.shape)} but the graph expects "
@@ -114,7 +139,7 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
         pairs.append((t, m.dim, m.block))
         keeps.append(local)
         tensors_rec.append({"name": m.name, "dim": m.dim, "block": m.block,
-                            "keep": local.tolist()})
+                            "keep": list(local_list)})
         extra = []
         if t.grad is not None:
             extra.append(("grad", t.grad))
@@ -130,15 +155,15 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
     attrs: List[Tuple[nn.Module, str, Any, Any]] = []
     attrs_rec: List[Dict[str, Any]] = []
     for a in graph.attr_members:
-        kept = mask[graph.member_index(a)]
-        if bool(kept.all()):
+        lk = local_keep(a)
+        if lk is None:
             continue
-        mod = model.get_submodule(a.module) if a.module else model
+        mod = look.module(a.module)
         old = getattr(mod, a.attr, None)
         if old != len(a.elems) * a.block:
             raise ValueError(f"{a.module}.{a.attr} is {old!r} but the graph expects "
                              f"{len(a.elems) * a.block}: the graph is stale, rebuild it")
-        new = int(kept.sum()) * a.block
+        new = int(lk[0].numel()) * a.block
         attrs.append((mod, a.attr, old, new))
         attrs_rec.append({"module": a.module, "attr": a.attr, "value": new})
     return _Prepared(pairs, keeps, attrs, {"tensors": tensors_rec, "attrs": attrs_rec})
@@ -210,17 +235,18 @@ def apply_plan(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Opt
 def replay(model: nn.Module, records: Sequence[Dict[str, Any]], *, backup: bool = True) -> None:
     """Re-apply surgery records (from ``model._pyprune_history`` of a pruned model) to
     a dense model built by the same constructor."""
+    look = _Lookup(model)
     for i, rec in enumerate(records):
         try:
             tensors = rec["tensors"]
             attr_items = rec["attrs"]
             pairs, keeps, attrs = [], [], []
             for t in tensors:
-                ten = _get_tensor(model, str(t["name"]))
+                ten = look.tensor(str(t["name"]))
                 pairs.append((ten, int(t["dim"]), int(t["block"])))
                 keeps.append(torch.as_tensor(list(t["keep"]), dtype=torch.int64))
             for a in attr_items:
-                mod = model.get_submodule(str(a["module"])) if a["module"] else model
+                mod = look.module(str(a["module"]))
                 if not hasattr(mod, str(a["attr"])):
                     raise ValueError(f"module {a['module']!r} has no attribute {a['attr']!r}")
                 attrs.append((mod, str(a["attr"]), getattr(mod, str(a["attr"])), int(a["value"])))

@@ -154,7 +154,9 @@ class DependencyGraph:
             gid_of[e] = g
             flat[e] = self.groups[g].offset + pos_of_root[roots[e]]
         self._flat = torch.tensor(flat, dtype=torch.int64)
-        self._index_cache: Dict[int, Tuple[Any, torch.Tensor]] = {}
+        self._index_cache: Dict[int, Tuple[Any, int]] = {}
+        self._map_ids: Dict[Tuple[int, ...], int] = {}
+        self._maps: List[torch.Tensor] = []
         self._gid = torch.tensor(gid_of, dtype=torch.int64)
         self.channel_group = torch.empty(self.num_channels, dtype=torch.int64)
         for g in self.groups:
@@ -192,12 +194,31 @@ class DependencyGraph:
 
     def member_index(self, member: Union[TensorMember, AttrMember]) -> torch.Tensor:
         """Flat channel index of each channel (block) of a member (cached; do not modify)."""
+        return self._maps[self.map_id(member)]
+
+    def map_id(self, member: Union[TensorMember, AttrMember]) -> int:
+        """Members with the same channel layout share one id (a conv's filters, its bias
+        and the BatchNorm after it, say): index of :attr:`channel_maps`."""
         key = id(member)
         hit = self._index_cache.get(key)
         if hit is None or hit[0] is not member:
-            hit = (member, self._flat[torch.as_tensor(member.elems, dtype=torch.int64)])
+            t = tuple(member.elems)
+            mid = self._map_ids.get(t)
+            if mid is None:
+                mid = self._map_ids[t] = len(self._maps)
+                self._maps.append(self._flat[torch.as_tensor(t, dtype=torch.int64)])
+            hit = (member, mid)
             self._index_cache[key] = hit
         return hit[1]
+
+    @property
+    def channel_maps(self) -> List[torch.Tensor]:
+        """Distinct channel layouts of all members: flat channel index per channel."""
+        for m in self.tensor_members:
+            self.map_id(m)
+        for a in self.attr_members:
+            self.map_id(a)
+        return self._maps
 
     def out_index(self, module: str) -> torch.Tensor:
         """Flat channel index of each output channel of ``module`` (a producer)."""
@@ -361,13 +382,15 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
         param_names.setdefault(id(p), name)
     for name, b in model.named_buffers():
         param_names.setdefault(id(b), name)
+    tensors_by_name: Dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    tensors_by_name.update(model.named_buffers(remove_duplicate=False))
     ctx = Context(model, state, param_names)
     ctx.fallbacks = dict(tracer.fallbacks)
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr"):
             ctx.env[node] = None
             continue
-        target = gm.get_submodule(node.target) if node.op == "call_module" else node.target
+        target = ctx.modules[node.target] if node.op == "call_module" else node.target
         handler = lookup(node, target)
         if handler is unknown and node.op == "call_module":
             why = f"tensor used inside module {node.target}, which the graph does not handle"
@@ -377,14 +400,8 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
         if handler is not _elementwise:
             for a in node.all_input_nodes:
                 if a.op == "get_attr":
-                    try:
-                        obj = gm.get_parameter(a.target)
-                    except AttributeError:
-                        try:
-                            obj = gm.get_buffer(a.target)
-                        except AttributeError:
-                            continue
-                    if id(obj) in param_names:
+                    obj = tensors_by_name.get(str(a.target))
+                    if obj is not None and id(obj) in param_names:
                         state.opaque_tensors.setdefault(
                             param_names[id(obj)],
                             f"tensor {a.target} is read directly by node {node.name}")
@@ -395,7 +412,7 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
                                  f"({type(e).__name__}: {e}); its channels are kept whole")
             ctx.env[node] = None
     for path in tracer.fallbacks:
-        mod = model.get_submodule(path)
+        mod = ctx.modules[path]
         for p in list(mod.parameters()) + list(mod.buffers()):
             if id(p) in param_names:
                 state.opaque_tensors.setdefault(

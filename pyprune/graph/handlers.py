@@ -48,6 +48,7 @@ class Context:
         self.env: Dict[fx.Node, Result] = {}
         self._param_names = param_names  # id(tensor) -> canonical qualified name
         self.fallbacks: Dict[str, str] = {}  # untraceable submodules -> fx error
+        self.modules: Dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
 
     # values -----------------------------------------------------------------------
     def info(self, arg: Any) -> Optional[ChannelInfo]:
@@ -92,8 +93,12 @@ class Context:
 
     # parameters -------------------------------------------------------------------
     def tensor_name(self, module: str, attr: str) -> Optional[str]:
-        mod = self.model.get_submodule(module) if module else self.model
-        t = getattr(mod, attr, None)
+        mod = self.modules.get(module)
+        if mod is None:
+            return None
+        t = mod._parameters.get(attr)
+        if t is None:
+            t = mod._buffers.get(attr)
         if not isinstance(t, torch.Tensor):
             return None
         return self._param_names.get(id(t))
