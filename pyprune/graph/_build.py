@@ -100,9 +100,9 @@ class DependencyGraph:
     """
 
     def __init__(self, model: nn.Module, state: GraphState, fallbacks: Dict[str, str],
-                 gm: fx.GraphModule) -> None:
+                 fx_graph: fx.Graph) -> None:
         self._model_ref = model
-        self.gm = gm
+        self.fx_graph = fx_graph  # the traced torch.fx graph (shapes in node.meta)
         self.fallbacks = dict(fallbacks)
         self.tensor_members: List[TensorMember] = list(state.tensor_members.values())
         self.attr_members: List[AttrMember] = list(state.attr_members.values())
@@ -313,7 +313,7 @@ class _ShapeProp(fx.Interpreter):
 FAKE_SHAPES_ABOVE = 50_000_000
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, inputs: Tuple[Any, ...],
+def _propagate_shapes(graph: fx.Graph, model: nn.Module, inputs: Tuple[Any, ...],
                       shapes: str) -> None:
     if shapes == "auto":
         n = sum(p.numel() for p in model.parameters())
@@ -326,11 +326,11 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, inputs: Tuple[Any, .
             with mode:
                 fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
                         for t in inputs]
-                _ShapeProp(gm).run(*fake)
+                _ShapeProp(model, graph=graph).run(*fake)
             return
         except Exception:  # noqa: BLE001 - ops without fake kernels: run for real
             pass
-    _ShapeProp(gm).run(*inputs)
+    _ShapeProp(model, graph=graph).run(*inputs)
 
 
 def build_graph(model: nn.Module, example_inputs: Any, *,
@@ -364,12 +364,11 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
             f"{type(model).__name__}.forward failed: {type(e).__name__}: {e}. Move the "
             "untraceable code into a submodule (it is then kept whole) or pass "
             "leaf_modules=...") from e
-    gm = fx.GraphModule(model, graph)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            _propagate_shapes(gm, model, inputs, shapes)
+            _propagate_shapes(graph, model, inputs, shapes)
     except Exception as e:  # noqa: BLE001
         raise GraphError(f"running the traced model on example_inputs failed: "
                          f"{type(e).__name__}: {e}") from e
@@ -386,7 +385,7 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
     tensors_by_name.update(model.named_buffers(remove_duplicate=False))
     ctx = Context(model, state, param_names)
     ctx.fallbacks = dict(tracer.fallbacks)
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op in ("placeholder", "get_attr"):
             ctx.env[node] = None
             continue
@@ -417,4 +416,4 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
             if id(p) in param_names:
                 state.opaque_tensors.setdefault(
                     param_names[id(p)], f"tensor used inside untraceable module {path}")
-    return DependencyGraph(model, state, tracer.fallbacks, gm)
+    return DependencyGraph(model, state, tracer.fallbacks, graph)
