@@ -355,6 +355,18 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
+    before = set(model.__dict__)
+    try:
+        return _build(model, inputs, leaf_modules, shapes)
+    finally:
+        # fx stores tensor constants met while tracing on the root module
+        # (``_tensor_constant0``...): the graph must leave the model as it was
+        for key in set(model.__dict__) - before:
+            del model.__dict__[key]
+
+
+def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: Iterable[Union[str, type]],
+           shapes: str) -> DependencyGraph:
     tracer = _Tracer(list(leaf_modules))
     try:
         graph = tracer.trace(model)

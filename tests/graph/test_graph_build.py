@@ -316,3 +316,21 @@ def test_a_failing_handler_keeps_channels_whole(monkeypatch):
     g = build_graph(*make("dense_cat"))
     assert not _group(g, "l1.0").prunable
     assert "handler bug" in g.explain("l1.0")
+
+
+def test_tensor_constants_do_not_stick_to_the_model():
+    class Const(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 4), cbr(4, 2)
+
+        def forward(self, x):
+            x = self.a(x) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
+            return self.b(x)
+
+    model = Const().eval()
+    keys = set(model.__dict__)
+    g = build_graph(model, torch.randn(1, 3, 4, 4))
+    assert set(model.__dict__) == keys
+    assert not _group(g, "a.0").prunable  # the constant has a fixed channel count
+    assert _group(g, "b.0").reasons == ["model output"]
