@@ -96,10 +96,10 @@ def bench(name: str, factory: Callable[[], nn.Module], runs: int, ratio: float,
     x = torch.randn(1, 3, 32, 32)
     row: Dict[str, Any] = {"model": name, "dense_params": n_params(base), "runs": runs}
     engines = [("pyprune", run_pyprune)] + ([("torch_pruning", run_tp)] if use_tp else [])
-    for engine, fn in engines:
-        times: Dict[str, List[float]] = {}
-        params = None
-        for _ in range(runs):
+    times: Dict[str, Dict[str, List[float]]] = {e: {} for e, _ in engines}
+    params: Dict[str, int] = {}
+    for _ in range(runs):  # engines interleaved, so both see the same machine load
+        for engine, fn in engines:
             model = copy.deepcopy(base)
             gc.collect()
             t = fn(model, x, ratio)
@@ -108,14 +108,14 @@ def bench(name: str, factory: Callable[[], nn.Module], runs: int, ratio: float,
             if out.shape != (1, 10) or not bool(torch.isfinite(out).all()):
                 raise SystemExit(f"{engine} produced a broken {name}: output {tuple(out.shape)}")
             p = n_params(model)
-            if params is not None and p != params:
-                raise SystemExit(f"{engine}: {name} params differ between runs ({p} vs {params})")
-            params = p
+            if params.setdefault(engine, p) != p:
+                raise SystemExit(f"{engine}: {name} params differ between runs")
             for k, v in t.items():
-                times.setdefault(k, []).append(v)
+                times[engine].setdefault(k, []).append(v)
             del model
-        row[engine] = {k: statistics.median(v) for k, v in times.items()}
-        row[engine]["params"] = params
+    for engine, _ in engines:
+        row[engine] = {k: statistics.median(v) for k, v in times[engine].items()}
+        row[engine]["params"] = params[engine]
     if use_tp:
         row["params_equal"] = row["pyprune"]["params"] == row["torch_pruning"]["params"]
         row["speedup"] = row["torch_pruning"]["total"] / row["pyprune"]["total"]
