@@ -183,6 +183,31 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class UNet(nn.Module):
+    """Encoder-decoder: ConvTranspose upsampling concatenated with a skip connection,
+    an inception-style concatenation of branches, a channels-last Linear via permute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e1 = cbr(3, 6)
+        self.e2 = cbr(6, 8, stride=2)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, bias=False)
+        self.up_bn = nn.BatchNorm2d(6)
+        self.d1 = cbr(12, 6)
+        self.br1 = cbr(6, 3, k=1)
+        self.br3 = cbr(6, 5)
+        self.mix = nn.Linear(8, 4)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        s = self.e1(x)
+        y = F.relu(self.up_bn(self.up(self.e2(s))))
+        y = self.d1(torch.cat([y, s], dim=1))
+        y = torch.cat([self.br1(y), self.br3(y)], 1)
+        y = F.relu(self.mix(y.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return self.out(y)
+
+
 # ---- structures the graph must refuse (channels stay whole, with a reason) ----------
 
 class ChannelShuffle(nn.Module):
@@ -263,6 +288,7 @@ ZOO: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "reused": (Reused, IMAGE),
     "transposed": (Transposed, IMAGE),
     "mlp": (MLP, (4, 20)),
+    "unet": (UNet, IMAGE),
     "channel_shuffle": (ChannelShuffle, IMAGE),
     "custom_op": (CustomOp, IMAGE),
     "untraceable": (WithUntraceable, IMAGE),
