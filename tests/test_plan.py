@@ -13,6 +13,16 @@ from pyprune.graph import build_graph
 from pyprune.plan import PlanConfig, group_scores, make_plan
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Small models gain nothing from intra-op threads, and on a busy 2-core machine
+    OpenMP barriers make each op ~50x slower: run these tests single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def cbr(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 

@@ -8,3 +8,16 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """These tests use tiny models that gain nothing from intra-op threads, and on a busy
+    2-core machine OpenMP barriers make each op ~50x slower: run them single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
