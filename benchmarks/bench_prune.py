@@ -128,7 +128,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads for both engines (default: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.runs < 3:
         ap.error("--runs must be >= 3 (median of at least three runs)")
     use_tp = tp is not None
