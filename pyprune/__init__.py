@@ -6,5 +6,8 @@ The compiled core (``pyprune._C``) takes raw buffers and never links libtorch; t
 from ._version import __version__
 from . import ops
 from ._info import build_info
+from . import models
+from .api import prune, scores, save, load, profile
 
-__all__ = ["__version__", "ops", "build_info"]
+__all__ = ["__version__", "ops", "build_info", "models", "prune", "scores", "save", "load",
+           "profile"]
