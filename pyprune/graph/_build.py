@@ -244,8 +244,11 @@ class DependencyGraph:
                 return name
         raise ValueError("module is not part of the traced model")
 
-    def explain(self, module: Union[str, nn.Module, None] = None) -> str:
-        """Readable description of the groups (of one module's outputs if given)."""
+    def explain(self, module: Union[str, nn.Module, None] = None, *,
+                verbose: bool = False) -> str:
+        """Readable description of the groups (of one module's outputs if given): size,
+        producers, members (the first 12 unless ``verbose``) and, for a group that is not
+        prunable, every reason why."""
         groups = self.groups if module is None else self.groups_of(module)
         lines: List[str] = []
         if module is not None and not groups:
@@ -254,8 +257,11 @@ class DependencyGraph:
             state = "prunable" if g.prunable else "NOT prunable"
             lines.append(f"group {g.id}: {g.size} channels, {state}; "
                          f"producers: {', '.join(g.producers) or '-'}")
+            shown = g.members if verbose else g.members[:12]
             mem = ", ".join(f"{m.name}[dim {m.dim}{', block %d' % m.block if m.block > 1 else ''}]"
-                            for m in g.members)
+                            for m in shown)
+            if len(shown) < len(g.members):
+                mem += f", ... ({len(g.members) - len(shown)} more)"
             if mem:
                 lines.append(f"  members: {mem}")
             for r in g.reasons:
