@@ -215,12 +215,10 @@ def _resolve_ignored(graph: DependencyGraph, ignore: Sequence[Union[str, nn.Modu
     gids = set()
     for item in ignore:
         name = graph._name_of(item)
-        if name not in graph.out_maps:
-            try:
-                graph._model_ref.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"ignore: {name!r} is not a module of the model") from None
-            continue
+        try:
+            graph._model_ref.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"ignore: {name!r} is not a module of the model") from None
         gids.update(g.id for g in graph.groups_of(name))
     return gids
 

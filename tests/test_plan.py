@@ -134,6 +134,8 @@ def test_ignore_by_name_and_module(graph):
     assert gid(graph, "a.0") not in plan.keep and gid(graph, "stem.0") not in plan.keep
     assert plan.skipped[gid(graph, "a.0")] == "ignored"
     assert gid(graph, "b.0") in plan.keep
+    plan = make_plan(graph, arange_scores(graph), ignore=["b.1"])  # a BatchNorm: b's group
+    assert gid(graph, "b.0") not in plan.keep and gid(graph, "a.0") in plan.keep
     with pytest.raises(ValueError, match="not a module"):
         make_plan(graph, arange_scores(graph), ignore=["nope"])
 

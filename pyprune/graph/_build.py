@@ -229,11 +229,19 @@ class DependencyGraph:
         return self.flat_index(elems, block)
 
     def groups_of(self, module: Union[str, nn.Module]) -> List[Group]:
-        """The groups holding the output channels of ``module``."""
+        """The groups holding the output channels of ``module``: those it produces (conv,
+        linear), or those it scales (BatchNorm, PReLU...) for channel-preserving layers."""
         name = self._name_of(module)
-        if name not in self.out_maps:
-            return []
-        gids = torch.unique(self.channel_group[self.out_index(name)]).tolist()
+        if name in self.out_maps:
+            idx = self.out_index(name)
+        else:
+            maps = [self.member_index(m) for m in self.tensor_members
+                    if m.role == "out" and name in m.modules]
+            maps += [self.member_index(a) for a in self.attr_members if a.module == name]
+            if not maps:
+                return []
+            idx = torch.cat(maps)
+        gids = torch.unique(self.channel_group[idx]).tolist()
         return [self.groups[g] for g in gids]
 
     def _name_of(self, module: Union[str, nn.Module]) -> str:

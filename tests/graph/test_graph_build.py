@@ -37,6 +37,18 @@ def test_chain_flatten_linear_gets_block_hw():
     assert not out.prunable and "model output" in out.reasons
 
 
+def test_explain_and_groups_of_channel_preserving_layers():
+    model, x = make("residual")
+    g = build_graph(model, x)
+    assert g.groups_of("b1.2") == g.groups_of("stem.0")  # a BatchNorm's channels
+    assert g.groups_of(model.b1[2]) == g.groups_of("stem.0")
+    assert g.groups_of("pool") == []
+    short = g.explain("stem.0")
+    full = g.explain("stem.0", verbose=True)
+    assert "(1 more)" in short and "more)" not in full
+    assert "down.0.weight[dim 1]" in full and "down.0.weight[dim 1]" not in short
+
+
 def test_residual_couples_shortcuts():
     model, x = make("residual")
     g = build_graph(model, x)
