@@ -90,12 +90,19 @@ def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
     if per_pair:
         if len(keep) != len(pairs):
             raise ValueError(f"{op}: keep has {len(keep)} index lists for {len(pairs)} pairs")
-        keeps = [_as_index(op, f"keep[{i}]", k) for i, k in enumerate(keep)]
+        # A plan passes one index tensor for all pairs of a group: convert each once.
+        converted: Dict[int, torch.Tensor] = {}
+        keeps = []
+        for i, k in enumerate(keep):
+            if id(k) not in converted:
+                converted[id(k)] = _as_index(op, f"keep[{i}]", k)
+            keeps.append(converted[id(k)])
     else:
         shared = _as_index(op, "keep", keep)
         keeps = [shared] * len(pairs)
 
     plans: Dict[int, _Plan] = {}
+    checked = set()
     device = None
     channels = None
     for i, p in enumerate(pairs):
@@ -129,7 +136,9 @@ def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
             elif nch != channels[1]:
                 raise ValueError(f"{op}: pairs[{i}] has {nch} channels along dim {dim} but pairs[{channels[0]}] "
                                  f"has {channels[1]}; a shared keep needs equal channel counts")
-        _check_keep(op, f"keep" if not per_pair else f"keep[{i}]", keeps[i], nch)
+        if (id(keeps[i]), nch) not in checked:  # each distinct index set is checked once per size
+            _check_keep(op, f"keep" if not per_pair else f"keep[{i}]", keeps[i], nch)
+            checked.add((id(keeps[i]), nch))
         key = id(t)
         plan = plans.setdefault(key, _Plan(tensor=t))
         if dim in plan.sels:
