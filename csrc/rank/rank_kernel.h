@@ -232,54 +232,124 @@ inline void gram(const vd* X, int64_t m, int64_t n, int64_t ld, vd* G) {
   }
 }
 
+// Householder vector of column k of G (rows k+1..n-1): writes v (v[0] = 1),
+// returns tau, and records d[k], e[k].
+inline vd column_reflector(const vd* G, int64_t n, int64_t k, vd* d, vd* e, vd* v) {
+  const vd* colk = G + col_start(k, n);
+  d[k] = colk[0];
+  const vd* x = colk + 1;
+  const int64_t len = n - k - 1;
+  const House h = householder(x, len);
+  e[k] = h.beta;
+  v[0] = splat(1.0);
+  for (int64_t i = 1; i < len; ++i) v[i] = x[i] * h.scal;
+  return h.tau;
+}
+
+// p = tau * A v for the trailing block A = G[k+1:, k+1:] (packed lower).
+inline void trailing_symv(const vd* G, int64_t n, int64_t k, const vd* v, vd tau, vd* p) {
+  const int64_t len = n - k - 1;
+  for (int64_t i = 0; i < len; ++i) p[i] = splat(0.0);
+  for (int64_t jj = 0; jj < len; ++jj) {
+    const vd* col = G + col_start(k + 1 + jj, n);
+    const vd vj = v[jj];
+    const int64_t rest = len - jj;
+    vd* pp = p + jj;
+    const vd* vv = v + jj;
+    vd t0 = col[0] * vj, t1 = splat(0.0), t2 = t1, t3 = t1;
+    int64_t s = 1;
+    for (; s + 3 < rest; s += 4) {
+      const vd a0 = col[s], a1 = col[s + 1], a2 = col[s + 2], a3 = col[s + 3];
+      pp[s] += a0 * vj; pp[s + 1] += a1 * vj; pp[s + 2] += a2 * vj; pp[s + 3] += a3 * vj;
+      t0 += a0 * vv[s]; t1 += a1 * vv[s + 1]; t2 += a2 * vv[s + 2]; t3 += a3 * vv[s + 3];
+    }
+    for (; s < rest; ++s) {
+      const vd a = col[s];
+      pp[s] += a * vj;
+      t0 += a * vv[s];
+    }
+    p[jj] += (t0 + t1) + (t2 + t3);
+  }
+  for (int64_t i = 0; i < len; ++i) p[i] *= tau;
+}
+
 // Householder reduction of packed-lower G to tridiagonal (d, e); G is destroyed.
-inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p) {
+//
+// Step k reflects column k and updates the trailing block with
+// A -= v w^T + w v^T.  That update is fused with the matrix-vector product of
+// step k+1: once column k+1 is updated its reflector v' is known, and every
+// later column, freshly updated, immediately adds its part of A' v'.  Each
+// step then makes one pass over the trailing block instead of two.
+inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p, vd* v1, vd* p1) {
+  vd tau = splat(0.0);
+  if (n >= 3) {
+    tau = column_reflector(G, n, 0, d, e, v);
+    trailing_symv(G, n, 0, v, tau, p);
+  }
   for (int64_t k = 0; k + 2 < n; ++k) {
-    vd* colk = G + col_start(k, n);
-    d[k] = colk[0];
-    const vd* x = colk + 1;
     const int64_t len = n - k - 1;
-    const House h = householder(x, len);
-    e[k] = h.beta;
-    v[0] = splat(1.0);
-    for (int64_t i = 1; i < len; ++i) v[i] = x[i] * h.scal;
-    // p = tau * A v, A = trailing block (packed lower).
-    for (int64_t i = 0; i < len; ++i) p[i] = splat(0.0);
-    for (int64_t jj = 0; jj < len; ++jj) {
-      const vd* col = G + col_start(k + 1 + jj, n);
-      const vd vj = v[jj];
-      const int64_t rest = len - jj;
-      vd* pp = p + jj;
-      const vd* vv = v + jj;
-      // Four partial sums break the FMA latency chain of the dot product.
-      vd t0 = col[0] * vj, t1 = splat(0.0), t2 = t1, t3 = t1;
-      int64_t s = 1;
-      for (; s + 3 < rest; s += 4) {
-        const vd a0 = col[s], a1 = col[s + 1], a2 = col[s + 2], a3 = col[s + 3];
-        pp[s] += a0 * vj; pp[s + 1] += a1 * vj; pp[s + 2] += a2 * vj; pp[s + 3] += a3 * vj;
-        t0 += a0 * vv[s]; t1 += a1 * vv[s + 1]; t2 += a2 * vv[s + 2]; t3 += a3 * vv[s + 3];
-      }
-      for (; s < rest; ++s) {
-        const vd a = col[s];
-        pp[s] += a * vj;
-        t0 += a * vv[s];
-      }
-      p[jj] += (t0 + t1) + (t2 + t3);
-    }
+    // p holds tau * A v; it becomes w = p - (tau/2)(p.v) v.
     vd pv = splat(0.0);
-    for (int64_t i = 0; i < len; ++i) {
-      p[i] *= h.tau;
-      pv += p[i] * v[i];
+    for (int64_t i = 0; i < len; ++i) pv += p[i] * v[i];
+    const vd K = 0.5 * tau * pv;
+    for (int64_t i = 0; i < len; ++i) p[i] -= K * v[i];
+    const vd* w = p;
+    // Column k+1 (first of the trailing block) first.
+    {
+      vd* col = G + col_start(k + 1, n);
+      const vd wj = w[0], vj = v[0];
+      for (int64_t s = 0; s < len; ++s) col[s] -= v[s] * wj + w[s] * vj;
     }
-    const vd K = 0.5 * h.tau * pv;
-    for (int64_t i = 0; i < len; ++i) p[i] -= K * v[i];  // p is now w
-    for (int64_t jj = 0; jj < len; ++jj) {
-      vd* col = G + col_start(k + 1 + jj, n);
-      const vd wj = p[jj], vj = v[jj];
-      const int64_t rest = len - jj;
-      const vd* vv = v + jj;
-      const vd* ww = p + jj;
-      for (int64_t s = 0; s < rest; ++s) col[s] -= vv[s] * wj + ww[s] * vj;
+    if (k + 3 < n) {
+      // Reflector of step k+1 from the updated column k+1, then the fused pass.
+      const vd tau1 = column_reflector(G, n, k + 1, d, e, v1);
+      const int64_t len1 = len - 1;
+      for (int64_t i = 0; i < len1; ++i) p1[i] = splat(0.0);
+      for (int64_t jj = 1; jj < len; ++jj) {
+        vd* col = G + col_start(k + 1 + jj, n);
+        const vd wj = w[jj], vj = v[jj];
+        const int64_t jj1 = jj - 1;
+        const vd* vv = v + jj;
+        const vd* ww = w + jj;
+        const vd* u = v1 + jj1;
+        vd* q = p1 + jj1;
+        const vd uj = u[0];
+        const int64_t rest = len - jj;
+        vd a = col[0] - (vv[0] * wj + ww[0] * vj);
+        col[0] = a;
+        vd t0 = a * uj, t1 = splat(0.0), t2 = t1, t3 = t1;
+        int64_t s = 1;
+        for (; s + 3 < rest; s += 4) {
+          const vd a0 = col[s] - (vv[s] * wj + ww[s] * vj);
+          const vd a1 = col[s + 1] - (vv[s + 1] * wj + ww[s + 1] * vj);
+          const vd a2 = col[s + 2] - (vv[s + 2] * wj + ww[s + 2] * vj);
+          const vd a3 = col[s + 3] - (vv[s + 3] * wj + ww[s + 3] * vj);
+          col[s] = a0; col[s + 1] = a1; col[s + 2] = a2; col[s + 3] = a3;
+          q[s] += a0 * uj; q[s + 1] += a1 * uj; q[s + 2] += a2 * uj; q[s + 3] += a3 * uj;
+          t0 += a0 * u[s]; t1 += a1 * u[s + 1]; t2 += a2 * u[s + 2]; t3 += a3 * u[s + 3];
+        }
+        for (; s < rest; ++s) {
+          const vd as = col[s] - (vv[s] * wj + ww[s] * vj);
+          col[s] = as;
+          q[s] += as * uj;
+          t0 += as * u[s];
+        }
+        q[0] += (t0 + t1) + (t2 + t3);
+      }
+      for (int64_t i = 0; i < len1; ++i) p1[i] *= tau1;
+      for (int64_t i = 0; i < len1; ++i) {
+        v[i] = v1[i];
+        p[i] = p1[i];
+      }
+      tau = tau1;
+    } else {
+      // Last reflection: plain update of the remaining 1x1 block.
+      for (int64_t jj = 1; jj < len; ++jj) {
+        vd* col = G + col_start(k + 1 + jj, n);
+        const vd wj = w[jj], vj = v[jj];
+        const int64_t rest = len - jj;
+        for (int64_t s = 0; s < rest; ++s) col[s] -= v[jj + s] * wj + w[jj + s] * vj;
+      }
     }
   }
   if (n >= 2) {
@@ -297,6 +367,8 @@ inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol) {
   vd* e = d + n;
   vd* v = e + n;
   vd* p = v + n;
+  vd* v1 = p + n;
+  vd* p1 = v1 + n;
   // Exact power-of-two scaling so the largest diagonal entry is in [0.5, 1).
   vd maxdiag = splat(0.0), check = splat(0.0);
   for (int64_t j = 0; j < n; ++j) {
@@ -308,7 +380,7 @@ inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol) {
   for (int l = 0; l < kLanes; ++l) s[l] = pow2_recip(maxdiag[l]);
   const int64_t packed = n * (n + 1) / 2;
   for (int64_t i = 0; i < packed; ++i) G[i] *= s;
-  tridiagonalize(G, n, d, e, v, p);
+  tridiagonalize(G, n, d, e, v, p, v1, p1);
   vd* e2 = v;  // v is free now
   vd maxd = splat(0.0), hi = splat(0.0), maxe2 = splat(0.0);
   for (int64_t i = 0; i < n; ++i) {
@@ -421,7 +493,7 @@ inline int64_t workspace_doubles(int64_t rows, int64_t cols, DType dtype) {
   if (dtype == DType::kFloat64) {
     vecs = m * n + 3 * n + m + 4 * n + 8;
   } else {
-    vecs = m * ld + n * (n + 1) / 2 + 4 * n + 8;
+    vecs = m * ld + n * (n + 1) / 2 + 6 * n + 8;
   }
   return vecs * kLanes + 8;  // + slack for alignment
 }
