@@ -232,6 +232,39 @@ inline void gram(const vd* X, int64_t m, int64_t n, int64_t ld, vd* G) {
   }
 }
 
+// Same for larger n with 3 x 4 register tiles (12 accumulators): fewer loads
+// per multiply-add from the L2-resident X.  Needs ld % 12 == 0.
+inline void gram_3x4(const vd* X, int64_t m, int64_t n, int64_t ld, vd* G) {
+  for (int64_t b0 = 0; b0 < n; b0 += 3) {
+    for (int64_t a0 = b0 & ~int64_t(3); a0 < n; a0 += 4) {
+      vd c[3][4];
+      for (int j = 0; j < 3; ++j)
+        for (int i = 0; i < 4; ++i) c[j][i] = splat(0.0);
+      const vd* xr = X;
+      for (int64_t r = 0; r < m; ++r, xr += ld) {
+        const vd xb0 = xr[b0], xb1 = xr[b0 + 1], xb2 = xr[b0 + 2];
+        for (int i = 0; i < 4; ++i) {
+          const vd xa = xr[a0 + i];
+          c[0][i] += xb0 * xa;
+          c[1][i] += xb1 * xa;
+          c[2][i] += xb2 * xa;
+        }
+      }
+      for (int j = 0; j < 3; ++j) {
+        const int64_t b = b0 + j;
+        if (b >= n) continue;
+        for (int i = 0; i < 4; ++i) {
+          const int64_t a = a0 + i;
+          if (a >= b && a < n) G[col_start(b, n) + (a - b)] = c[j][i];
+        }
+      }
+    }
+  }
+}
+
+constexpr int64_t kTile3x4MinN = 24;
+inline int64_t gram_ld(int64_t n) { return n >= kTile3x4MinN ? (n + 11) / 12 * 12 : round4(n); }
+
 // Householder vector of column k of G (rows k+1..n-1): writes v (v[0] = 1),
 // returns tau, and records d[k], e[k].
 inline vd column_reflector(const vd* G, int64_t n, int64_t k, vd* d, vd* e, vd* v) {
@@ -488,12 +521,11 @@ inline vd bidiag_ranks(vd* X, int64_t m, int64_t n, vd* work, double atol, doubl
 
 inline int64_t workspace_doubles(int64_t rows, int64_t cols, DType dtype) {
   const int64_t m = std::max(rows, cols), n = std::min(rows, cols);
-  const int64_t ld = round4(n);
   int64_t vecs;
   if (dtype == DType::kFloat64) {
     vecs = m * n + 3 * n + m + 4 * n + 8;
   } else {
-    vecs = m * ld + n * (n + 1) / 2 + 6 * n + 8;
+    vecs = m * gram_ld(n) + n * (n + 1) / 2 + 6 * n + 8;
   }
   return vecs * kLanes + 8;  // + slack for alignment
 }
@@ -506,7 +538,7 @@ void rank_range_typed(const RankJob& job, int64_t g0, int64_t g1, double* ws_raw
   for (int d = 0; d < job.batch_ndim; ++d) nmat *= job.batch_sizes[d];
   vd* ws = reinterpret_cast<vd*>((reinterpret_cast<uintptr_t>(ws_raw) + 31) & ~uintptr_t(31));
   const bool f64 = job.dtype == DType::kFloat64;
-  const int64_t ld = f64 ? m : round4(n);
+  const int64_t ld = f64 ? m : gram_ld(n);
   vd* X = ws;
   vd* G = X + (f64 ? m * n : m * ld);
   vd* work = f64 ? G : G + n * (n + 1) / 2;
@@ -521,7 +553,7 @@ void rank_range_typed(const RankJob& job, int64_t g0, int64_t g1, double* ws_raw
       ranks = bidiag_ranks(X, m, n, work, job.atol, job.rtol);
     } else {
       load_group<T>(job, v, offs, nl, /*row_major=*/true, ld, X);
-      gram(X, m, n, ld, G);
+      if (n >= kTile3x4MinN) gram_3x4(X, m, n, ld, G); else gram(X, m, n, ld, G);
       ranks = gram_ranks(G, n, work, job.atol, job.rtol);
     }
     for (int l = 0; l < nl; ++l) job.out[b0 + l] = static_cast<int64_t>(ranks[l]);
