@@ -11,7 +11,7 @@
 //    Sturm counts on the 2n x 2n Golub-Kahan tridiagonal matrix.
 //  * lambda_max / sigma_max: every thread of the block evaluates one shift, so
 //    each step cuts the bracket into NT + 1 pieces (the CPU quadrisects); the
-//    loop stops once the bracket shrank by >= 2^22, as much as the CPU's 11
+//    loop stops once the bracket shrank by >= 2^18, as much as the CPU's 9
 //    quadrisections.
 //
 // Per-matrix storage (a "slot": the matrix plus a few vectors) lives in
@@ -179,7 +179,7 @@ __device__ __forceinline__ double largest_eigenvalue(const double* d, const doub
                                                      double hi, double pivmin, unsigned* masks) {
   constexpr int W = NT / 32;
   const int tid = threadIdx.x;
-  for (double shrink = 1.0; shrink < 4194304.0; shrink *= NT + 1) {  // 4^11 = 2^22
+  for (double shrink = 1.0; shrink < 262144.0; shrink *= NT + 1) {  // 4^9 = 2^18 (kBisectIters)
     const double w = (hi - lo) / (NT + 1);
     const double x = lo + (tid + 1) * w;
     const bool above = n - count_le(d, e2, n, x, pivmin) > 0;
