@@ -33,6 +33,31 @@ def median_time(fn: Callable[[], object], *, device: str = "cpu", runs: int = 5,
     return statistics.median(times)
 
 
+def median_times(fns: Dict[str, Callable[[], object]], *, device: str = "cpu", runs: int = 5,
+                 warmup: int = 1, settle: float = 0.3) -> Dict[str, float]:
+    """Median wall time of each fn, the fns run interleaved (a, b, a, b, ...).
+
+    On a shared machine the speed drifts over seconds; interleaving makes every
+    candidate see the same drift, so their ratio is what the median compares.
+    Before each timed call the process sleeps `settle` seconds: torch's OpenMP
+    workers keep spinning for a while after a parallel region, and a call
+    started right after one runs on cores they still occupy (measured here:
+    a pyprune call right after torch.linalg.matrix_rank took 1.5x as long).
+    """
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for i in range(warmup + runs):
+        for name, fn in fns.items():
+            sync(device)
+            if settle > 0 and device == "cpu":
+                time.sleep(settle)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -1,7 +1,8 @@
 """Batched matrix rank: pyprune.ops.matrix_rank vs torch.linalg.matrix_rank.
 
 Correctness first (the two must agree on every map), then timing: the same
-tensor in the same process, median of --runs runs after a warm-up.  Feature
+tensor in the same process, median of --runs runs after a warm-up, the two
+libraries' runs interleaved so both see the same machine load.  Feature
 maps are N(0, 1) samples (full rank, the worst case: no zero rows or columns to
 skip); --relu uses ReLU'd maps as a network would produce.
 
@@ -21,7 +22,7 @@ import os
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, median_time, print_table, write_json  # noqa: E402
+from _common import machine, median_time, median_times, print_table, write_json  # noqa: E402
 
 import pyprune  # noqa: E402
 
@@ -76,8 +77,10 @@ def main(argv=None) -> int:
             if agree < 1.0:
                 print(f"bench_rank: results differ from torch on {100 * (1 - agree):.3f}% of maps for {shape} {dtype_name}")
                 return 1
-            t_ours = median_time(lambda: pyprune.ops.matrix_rank(x), device=device, runs=args.runs)
-            t_torch = median_time(lambda: torch.linalg.matrix_rank(xt, rtol=rtol), device=device, runs=args.runs)
+            t = median_times({"ours": lambda: pyprune.ops.matrix_rank(x),
+                              "torch": lambda: torch.linalg.matrix_rank(xt, rtol=rtol)},
+                             device=device, runs=args.runs)
+            t_ours, t_torch = t["ours"], t["torch"]
             maps = x.numel() // (shape[-1] * shape[-2])
             flops = maps * algorithm_flops(shape[-2], shape[-1], dtype)
             rec = {"shape": list(shape), "dtype": dtype_name, "device": device, "pyprune_s": t_ours,

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "rank/rank.h"
 
@@ -97,20 +98,43 @@ void load_group(const RankJob& job, const View& v, const int64_t* offs, int nl,
                 bool row_major, int64_t ld, vd* X) {
   const T* base = static_cast<const T*>(job.data);
   const int64_t total = row_major ? v.m * ld : v.n * ld;
-  // Only padding (columns past n, lanes past nl) must be zero; the rest is overwritten.
-  if (nl < kLanes || ld != (row_major ? v.n : v.m)) std::memset(static_cast<void*>(X), 0, sizeof(vd) * total);
   const int64_t rstep = row_major ? ld : 1, cstep = row_major ? 1 : ld;
+  // Only padding (lanes past nl, columns past n) must be zero; the rest is overwritten.
+  if (nl < kLanes) {
+    std::memset(static_cast<void*>(X), 0, sizeof(vd) * total);
+  } else if (row_major && ld > v.n) {
+    for (int64_t r = 0; r < v.m; ++r)
+      for (int64_t c = v.n; c < ld; ++c) X[r * ld + c] = splat(0.0);
+  }
+  int64_t c_vec = 0;  // columns [0, c_vec) loaded by the vector path below
+  if (std::is_same<T, float>::value && row_major && nl == kLanes && v.sc == 1) {
+    // Contiguous float rows: load 4 columns of each lane, widen, and transpose
+    // so vector X[r*ld + c] holds column c of all four matrices.
+    typedef float vf __attribute__((vector_size(16)));
+    c_vec = v.n & ~int64_t(3);
+    const float* p[kLanes];
+    for (int l = 0; l < kLanes; ++l) p[l] = reinterpret_cast<const float*>(base + offs[l]);
+    for (int64_t r = 0; r < v.m; ++r) {
+      vd* xr = X + r * ld;
+      for (int64_t c = 0; c < c_vec; c += 4) {
+        vd rows[kLanes];
+        for (int l = 0; l < kLanes; ++l) {
+          vf f;
+          std::memcpy(&f, p[l] + r * v.sr + c, sizeof(f));
+          rows[l] = __builtin_convertvector(f, vd);
+        }
+        for (int i = 0; i < 4; ++i) xr[c + i] = vd{rows[0][i], rows[1][i], rows[2][i], rows[3][i]};
+      }
+    }
+    if (c_vec == v.n) return;
+  }
   for (int l = 0; l < nl; ++l) {
     const T* p = base + offs[l];
     double* x = reinterpret_cast<double*>(X) + l;
     for (int64_t r = 0; r < v.m; ++r) {
       const T* pr = p + r * v.sr;
       double* xr = x + kLanes * r * rstep;
-      if (v.sc == 1) {
-        for (int64_t c = 0; c < v.n; ++c) xr[kLanes * c * cstep] = to_double(pr[c]);
-      } else {
-        for (int64_t c = 0; c < v.n; ++c) xr[kLanes * c * cstep] = to_double(pr[c * v.sc]);
-      }
+      for (int64_t c = c_vec; c < v.n; ++c) xr[kLanes * c * cstep] = to_double(pr[c * v.sc]);
     }
   }
 }
