@@ -89,7 +89,9 @@ step memcheck 100 "${SAN[@]}" --tool memcheck "${PYTEST[@]}" "${SAN_RANK[@]}" "$
 step racecheck 100 "${SAN[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" "${SAN_RANK[@]:0:3}" "${SAN_SELECT[@]:0:1}"
 
 cd "$REPO"
-step bench_rank 90 "$PY" benchmarks/bench_rank.py --device cuda --json "$OUT/rank_cuda.json"
+step bench_rank 90 "$PY" benchmarks/bench_rank.py --device cuda --dtype float32 float16 --json "$OUT/rank_cuda.json"
+step bench_rank_imagenet 120 "$PY" benchmarks/bench_rank.py --device cuda --dtype float32 float16 --shapes imagenet \
+  --json "$OUT/rank_cuda_imagenet.json"
 step bench_select 60 "$PY" benchmarks/bench_select.py --device cuda --json "$OUT/select_cuda.json"
 
 echo "total $(( $(date +%s) - START ))s" | tee -a "$SUMMARY"
