@@ -362,7 +362,51 @@ inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p, vd* v1,
       const vd tau1 = column_reflector(G, n, k + 1, d, e, v1);
       const int64_t len1 = len - 1;
       for (int64_t i = 0; i < len1; ++i) p1[i] = splat(0.0);
-      for (int64_t jj = 1; jj < len; ++jj) {
+      int64_t jj = 1;
+      // Two columns at a time: each row's v, w, v' and p' entries are loaded
+      // once for both, and p' is written once per row instead of twice.
+      for (; jj + 1 < len; jj += 2) {
+        vd* c0 = G + col_start(k + 1 + jj, n);  // rows R.., R = k+1+jj
+        vd* c1 = G + col_start(k + 2 + jj, n);  // rows R+1..
+        const vd* vv = v + jj;
+        const vd* ww = w + jj;
+        const vd* u = v1 + (jj - 1);
+        vd* q = p1 + (jj - 1);
+        const vd wj0 = w[jj], vj0 = v[jj], uj0 = u[0];
+        const vd wj1 = w[jj + 1], vj1 = v[jj + 1], uj1 = u[1];
+        const int64_t rest = len - jj;  // rows of column jj (>= 2)
+        const vd a00 = c0[0] - (vv[0] * wj0 + ww[0] * vj0);
+        const vd a01 = c0[1] - (vv[1] * wj0 + ww[1] * vj0);
+        const vd a11 = c1[0] - (vv[1] * wj1 + ww[1] * vj1);
+        c0[0] = a00; c0[1] = a01; c1[0] = a11;
+        q[1] += a01 * uj0;
+        vd t0 = a00 * uj0 + a01 * u[1], t1 = a11 * uj1;
+        vd t0b = splat(0.0), t1b = splat(0.0);
+        int64_t i = 2;
+        for (; i + 1 < rest; i += 2) {
+          const vd x0 = vv[i], y0 = ww[i], x1 = vv[i + 1], y1 = ww[i + 1];
+          const vd a0 = c0[i] - (x0 * wj0 + y0 * vj0);
+          const vd b0 = c1[i - 1] - (x0 * wj1 + y0 * vj1);
+          const vd a1 = c0[i + 1] - (x1 * wj0 + y1 * vj0);
+          const vd b1 = c1[i] - (x1 * wj1 + y1 * vj1);
+          c0[i] = a0; c1[i - 1] = b0; c0[i + 1] = a1; c1[i] = b1;
+          q[i] += a0 * uj0 + b0 * uj1;
+          q[i + 1] += a1 * uj0 + b1 * uj1;
+          t0 += a0 * u[i]; t1 += b0 * u[i];
+          t0b += a1 * u[i + 1]; t1b += b1 * u[i + 1];
+        }
+        for (; i < rest; ++i) {
+          const vd x0 = vv[i], y0 = ww[i];
+          const vd a0 = c0[i] - (x0 * wj0 + y0 * vj0);
+          const vd b0 = c1[i - 1] - (x0 * wj1 + y0 * vj1);
+          c0[i] = a0; c1[i - 1] = b0;
+          q[i] += a0 * uj0 + b0 * uj1;
+          t0 += a0 * u[i]; t1 += b0 * u[i];
+        }
+        q[0] += t0 + t0b;
+        q[1] += t1 + t1b;
+      }
+      for (; jj < len; ++jj) {  // a last single column
         vd* col = G + col_start(k + 1 + jj, n);
         const vd wj = w[jj], vj = v[jj];
         const int64_t jj1 = jj - 1;
@@ -372,26 +416,14 @@ inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p, vd* v1,
         vd* q = p1 + jj1;
         const vd uj = u[0];
         const int64_t rest = len - jj;
-        vd a = col[0] - (vv[0] * wj + ww[0] * vj);
-        col[0] = a;
-        vd t0 = a * uj, t1 = splat(0.0), t2 = t1, t3 = t1;
-        int64_t s = 1;
-        for (; s + 3 < rest; s += 4) {
-          const vd a0 = col[s] - (vv[s] * wj + ww[s] * vj);
-          const vd a1 = col[s + 1] - (vv[s + 1] * wj + ww[s + 1] * vj);
-          const vd a2 = col[s + 2] - (vv[s + 2] * wj + ww[s + 2] * vj);
-          const vd a3 = col[s + 3] - (vv[s + 3] * wj + ww[s + 3] * vj);
-          col[s] = a0; col[s + 1] = a1; col[s + 2] = a2; col[s + 3] = a3;
-          q[s] += a0 * uj; q[s + 1] += a1 * uj; q[s + 2] += a2 * uj; q[s + 3] += a3 * uj;
-          t0 += a0 * u[s]; t1 += a1 * u[s + 1]; t2 += a2 * u[s + 2]; t3 += a3 * u[s + 3];
+        vd t0 = splat(0.0);
+        for (int64_t s2 = 0; s2 < rest; ++s2) {
+          const vd as = col[s2] - (vv[s2] * wj + ww[s2] * vj);
+          col[s2] = as;
+          if (s2 > 0) q[s2] += as * uj;
+          t0 += as * u[s2];
         }
-        for (; s < rest; ++s) {
-          const vd as = col[s] - (vv[s] * wj + ww[s] * vj);
-          col[s] = as;
-          q[s] += as * uj;
-          t0 += as * u[s];
-        }
-        q[0] += (t0 + t1) + (t2 + t3);
+        q[0] += t0;
       }
       for (int64_t i = 0; i < len1; ++i) p1[i] *= tau1;
       for (int64_t i = 0; i < len1; ++i) {
