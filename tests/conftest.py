@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Run a module's torch ops single-threaded (use via pytestmark = usefixtures(...)).
+
+    Small models gain nothing from intra-op threads, and on a busy 2-core machine
+    OpenMP barriers make each op ~50x slower.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def devices():
     """Parametrisation helper: cpu always, cuda marked (and skipped without a GPU)."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

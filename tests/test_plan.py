@@ -13,14 +13,7 @@ from pyprune.graph import build_graph
 from pyprune.plan import PlanConfig, group_scores, make_plan
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Small models gain nothing from intra-op threads, and on a busy 2-core machine
-    OpenMP barriers make each op ~50x slower: run these tests single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def cbr(cin, cout):

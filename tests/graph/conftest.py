@@ -14,10 +14,6 @@ import torch  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """These tests use tiny models that gain nothing from intra-op threads, and on a busy
-    2-core machine OpenMP barriers make each op ~50x slower: run them single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(torch_single_thread):
+    """Every graph test module runs torch single-threaded (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(n)
