@@ -10,7 +10,6 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
