@@ -109,6 +109,6 @@ def write_json(path: Optional[str], records: List[Dict[str, object]], meta: Dict
     if not path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"machine": meta, "records": records}, f, indent=2)
+    with open(path, "w") as f:  # a list of records, each naming the machine it was measured on
+        json.dump([dict(r, machine=meta) for r in records], f, indent=2)
     print(f"wrote {path}")

@@ -9,9 +9,9 @@ skip); --relu uses ReLU'd maps as a network would produce.
     python benchmarks/bench_rank.py [--device cpu|cuda] [--dtype float32 ...]
                                     [--shapes cifar|imagenet|all] [--json PATH]
 
---json writes {"machine": ..., "records": [...]}, one record per shape/dtype
-with keys shape, dtype, device, pyprune_s, torch_s, speedup, maps_per_s (and,
-on CUDA, pyprune_cpu_s and gflops, the float64 GFLOP/s of the algorithm).
+--json writes a list of records, one per shape/dtype, with keys shape, dtype,
+device, pyprune_s, torch_s, speedup, maps_per_s, torch_maps_per_s, gflops (the
+float64 GFLOP/s of the algorithm), machine, and on CUDA pyprune_cpu_s.
 """
 from __future__ import annotations
 
