@@ -28,6 +28,7 @@ class _Plan:
     tensor: torch.Tensor
     sels: Dict[int, _Sel] = field(default_factory=dict)  # dim -> selection
     pair_ids: List[int] = field(default_factory=list)
+    order: Optional[List[int]] = None  # memory order when the tensor is dense
 
 
 def _as_index(op: str, what: str, k) -> torch.Tensor:
@@ -63,12 +64,13 @@ def _check_keep(op: str, what: str, keep: torch.Tensor, size: int) -> None:
 
 def _dense_layout(t: torch.Tensor) -> Optional[List[int]]:
     """Memory order of t if it is non-overlapping and dense, else None."""
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    shape, stride = t.shape, t.stride()
+    order = sorted(range(len(shape)), key=lambda d: (-stride[d], d))
     expected = 1
     for d in reversed(order):
-        if t.size(d) != 1 and t.stride(d) != expected:
+        if shape[d] != 1 and stride[d] != expected:
             return None
-        expected *= t.size(d)
+        expected *= shape[d]
     return order
 
 
@@ -151,9 +153,10 @@ def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
     spans = []
     for plan in plans.values():
         t = plan.tensor
+        plan.order = _dense_layout(t)
         if t.numel() == 0:
             continue
-        if in_place and _dense_layout(t) is None:
+        if in_place and plan.order is None:
             raise ValueError(f"{op}: pairs[{plan.pair_ids[0]}] tensor (shape {tuple(t.shape)}, stride {t.stride()}) "
                              "is not dense; in-place compaction needs a contiguous (in some dim order) tensor, "
                              "call .contiguous() first or use select_channels")
@@ -170,9 +173,10 @@ def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
 def _job(t_src: torch.Tensor, dst_ptr: int, order: List[int], sels: Dict[int, _Sel]):
     """Native job description of t_src (dense, memory order `order`)."""
     item = t_src.element_size()
+    shape, strides = t_src.shape, t_src.stride()
     dims = []  # (size, stride_bytes, keep_ptr, keep_len) in memory order
     for d in order:
-        size, stride = t_src.size(d), t_src.stride(d) * item
+        size, stride = shape[d], strides[d] * item
         sel = sels.get(d)
         if sel is None:
             dims.append((size, stride, 0, size))
@@ -313,7 +317,7 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
         if t.device.type != "cpu" and not native_cuda:
             updates.append((t, None, _fallback(t, plan.sels)))
             continue
-        order = _dense_layout(t)
+        order = plan.order
         if native_cuda:
             nbytes = math.prod(sizes) * t.element_size()
             if t.numel() > 0 and nbytes > 0:
@@ -357,8 +361,8 @@ def select_channels(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int]
         if t.device.type != "cpu" and not native_cuda:
             results[id(t)] = _fallback(t, plan.sels)
             continue
-        src = t if _dense_layout(t) is not None else t.contiguous()
-        order = _dense_layout(src)
+        src = t if plan.order is not None else t.contiguous()
+        order = plan.order if plan.order is not None else _dense_layout(src)
         out = torch.empty_strided(sizes, _dense_strides(sizes, order), dtype=t.dtype, device=t.device)
         if out.numel() > 0:
             (cuda_jobs if native_cuda else jobs).append(_job(src, out.data_ptr(), order, plan.sels))
