@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from ._core import AttrMember, GraphState, TensorMember
+from ._core import AttrMember, GraphState, TensorMember, find_root
 from .handlers import Context, _elementwise, lookup, unknown
 
 __all__ = ["GraphError", "Group", "DependencyGraph", "build_graph"]
@@ -112,12 +112,7 @@ class DependencyGraph:
         gparent = list(roots)
 
         def gfind(e: int) -> int:
-            r = e
-            while gparent[r] != r:
-                r = gparent[r]
-            while gparent[e] != r:
-                gparent[e], e = r, gparent[e]
-            return r
+            return find_root(gparent, e)
 
         for _, elems in state.spaces:
             if elems:

@@ -58,6 +58,16 @@ class AttrMember:
     elems: List[int]
 
 
+def find_root(parent: List[int], e: int) -> int:
+    """Union-find root of e in the forest `parent`, compressing the path on the way."""
+    root = e
+    while parent[root] != root:
+        root = parent[root]
+    while parent[e] != root:
+        parent[e], e = root, parent[e]
+    return root
+
+
 class GraphState:
     """Mutable state filled by the handlers while walking the traced graph."""
 
@@ -72,13 +82,7 @@ class GraphState:
 
     # union-find -------------------------------------------------------------------
     def find(self, e: int) -> int:
-        parent = self.parent
-        root = e
-        while parent[root] != root:
-            root = parent[root]
-        while parent[e] != root:
-            parent[e], e = root, parent[e]
-        return root
+        return find_root(self.parent, e)
 
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
