@@ -230,51 +230,28 @@ inline House householder(const vd* x, int64_t len) {
 
 inline int64_t col_start(int64_t j, int64_t n) { return j * n - j * (j - 1) / 2; }
 
-// G (packed lower, column-major) = X^T X for row-major X (m x ld, ld % 4 == 0).
-inline void gram(const vd* X, int64_t m, int64_t n, int64_t ld, vd* G) {
-  for (int64_t b0 = 0; b0 < n; b0 += 2) {
+// G (packed lower, column-major) = X^T X for row-major X (m x ld), in B x 4
+// register tiles: B columns b times 4 columns a per pass over the rows.  B = 2
+// (8 accumulators) for small n; B = 3 (12 accumulators, fewer loads per
+// multiply-add from the L2-resident X) from kTile3x4MinN on.  ld must be a
+// multiple of 4 and of B.
+template <int B>
+inline void gram_tiled(const vd* X, int64_t m, int64_t n, int64_t ld, vd* G) {
+  for (int64_t b0 = 0; b0 < n; b0 += B) {
     for (int64_t a0 = b0 & ~int64_t(3); a0 < n; a0 += 4) {
-      vd c00 = splat(0.0), c01 = c00, c02 = c00, c03 = c00;
-      vd c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-      const vd* xr = X;
-      for (int64_t r = 0; r < m; ++r, xr += ld) {
-        const vd xb0 = xr[b0], xb1 = xr[b0 + 1];
-        const vd xa0 = xr[a0], xa1 = xr[a0 + 1], xa2 = xr[a0 + 2], xa3 = xr[a0 + 3];
-        c00 += xb0 * xa0; c01 += xb0 * xa1; c02 += xb0 * xa2; c03 += xb0 * xa3;
-        c10 += xb1 * xa0; c11 += xb1 * xa1; c12 += xb1 * xa2; c13 += xb1 * xa3;
-      }
-      const vd acc[2][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}};
-      for (int j = 0; j < 2; ++j) {
-        const int64_t b = b0 + j;
-        if (b >= n) continue;
-        for (int i = 0; i < 4; ++i) {
-          const int64_t a = a0 + i;
-          if (a >= b && a < n) G[col_start(b, n) + (a - b)] = acc[j][i];
-        }
-      }
-    }
-  }
-}
-
-// Same for larger n with 3 x 4 register tiles (12 accumulators): fewer loads
-// per multiply-add from the L2-resident X.  Needs ld % 12 == 0.
-inline void gram_3x4(const vd* X, int64_t m, int64_t n, int64_t ld, vd* G) {
-  for (int64_t b0 = 0; b0 < n; b0 += 3) {
-    for (int64_t a0 = b0 & ~int64_t(3); a0 < n; a0 += 4) {
-      vd c[3][4];
-      for (int j = 0; j < 3; ++j)
+      vd c[B][4];
+      for (int j = 0; j < B; ++j)
         for (int i = 0; i < 4; ++i) c[j][i] = splat(0.0);
       const vd* xr = X;
       for (int64_t r = 0; r < m; ++r, xr += ld) {
-        const vd xb0 = xr[b0], xb1 = xr[b0 + 1], xb2 = xr[b0 + 2];
+        vd xb[B];
+        for (int j = 0; j < B; ++j) xb[j] = xr[b0 + j];
         for (int i = 0; i < 4; ++i) {
           const vd xa = xr[a0 + i];
-          c[0][i] += xb0 * xa;
-          c[1][i] += xb1 * xa;
-          c[2][i] += xb2 * xa;
+          for (int j = 0; j < B; ++j) c[j][i] += xb[j] * xa;
         }
       }
-      for (int j = 0; j < 3; ++j) {
+      for (int j = 0; j < B; ++j) {
         const int64_t b = b0 + j;
         if (b >= n) continue;
         for (int i = 0; i < 4; ++i) {
@@ -609,7 +586,7 @@ void rank_range_typed(const RankJob& job, int64_t g0, int64_t g1, double* ws_raw
       ranks = bidiag_ranks(X, m, n, work, job.atol, job.rtol);
     } else {
       load_group<T>(job, v, offs, nl, /*row_major=*/true, ld, X);
-      if (n >= kTile3x4MinN) gram_3x4(X, m, n, ld, G); else gram(X, m, n, ld, G);
+      if (n >= kTile3x4MinN) gram_tiled<3>(X, m, n, ld, G); else gram_tiled<2>(X, m, n, ld, G);
       ranks = gram_ranks(G, n, work, job.atol, job.rtol);
     }
     for (int l = 0; l < nl; ++l) job.out[b0 + l] = static_cast<int64_t>(ranks[l]);
