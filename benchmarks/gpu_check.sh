@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # GPU check of pyprune's CUDA kernels, for a machine with a GPU and no internet
 # (torch with CUDA, nvcc, CMake, ninja, pybind11 and scikit-build-core already
-# installed).  About 8 minutes at most: every step has its own time limit.
+# installed).  About 6 minutes: every step has its own time limit.
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
 #
 #  1. pip install --no-build-isolation .   (CUDA archs: this GPU's only, for time;
 #     GPU_CHECK_ARCHS=default builds the shipping list 80-real;90-real;90-virtual)
 #  2. the CUDA tests (tests/ops/test_{rank,select}_cuda.py, -m cuda)
-#  3. a reduced selection under compute-sanitizer --tool memcheck, then racecheck
-#  4. benchmarks/bench_rank.py and bench_select.py --device cuda --json $OUT/...
+#  3. benchmarks/bench_rank.py and bench_select.py --device cuda --json $OUT/...
+#  4. a reduced selection under compute-sanitizer --tool memcheck, then racecheck
+#
+# BUDGET=<seconds> caps the whole run (default 900): each step's limit is cut
+# to what is left, and steps that no longer fit are skipped (and reported).
 #
 # Logs and JSON land in $OUT (default ./gpu_check_out); $OUT/summary.txt lists
 # each step's exit status.  The exit status is non-zero if any step failed.
@@ -18,7 +21,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 FAILED=0
@@ -29,9 +32,15 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 export CUDACXX="${CUDACXX:-$(command -v nvcc || true)}"
 
+BUDGET="${BUDGET:-900}"  # seconds for the whole script: a step gets at most what is left
 step() {  # step NAME LIMIT_S COMMAND...
   local name="$1" limit="$2"
   shift 2
+  local left=$(( BUDGET - ($(date +%s) - START) - 5 ))
+  if [ "$left" -lt 20 ]; then
+    echo "$name skipped (budget ${BUDGET}s spent)" | tee -a "$SUMMARY"; FAILED=1; return 1
+  fi
+  if [ "$limit" -gt "$left" ]; then limit=$left; fi
   local t0=$(date +%s)
   echo "== $name (limit ${limit}s)"
   timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -55,7 +64,15 @@ if [ "$ARCHS" = "native" ]; then
 elif [ "$ARCHS" != "default" ]; then
   PIP_ARGS+=(--config-settings="cmake.define.PYPRUNE_CUDA_ARCHS=$ARCHS")
 fi
-step build 240 "$PY" -m pip "${PIP_ARGS[@]}" "$REPO" || { echo "build failed: see $OUT/build.log"; exit 1; }
+# The wheel is kept in $OUT/wheel; WHEEL=<path to a wheel from an earlier run> installs that instead.
+if [ -n "${WHEEL:-}" ]; then
+  step build 120 "$PY" -m pip install --no-deps --no-index --force-reinstall "$WHEEL" || { echo "install failed"; exit 1; }
+else
+  WHEEL_ARGS=("${PIP_ARGS[@]}")
+  WHEEL_ARGS[0]=wheel
+  step build 240 bash -c '"$0" -m pip "$@" -w "'"$OUT/wheel"'" "'"$REPO"'" && "$0" -m pip install --no-deps --no-index --force-reinstall "'"$OUT"'"/wheel/pyprune-*.whl' \
+    "$PY" "${WHEEL_ARGS[@]}" || { echo "build failed: see $OUT/build.log"; exit 1; }
+fi
 
 # Run from a scratch directory so `import pyprune` finds the installed package,
 # not the source tree (which holds no compiled module).
@@ -67,12 +84,23 @@ if [ "${PIPESTATUS[0]}" -ne 0 ]; then echo "build_info rc=1" | tee -a "$SUMMARY"
 
 PYTEST=("$PY" -m pytest --rootdir "$REPO" -c "$REPO/pyproject.toml" -p no:cacheprovider -q)
 T="$REPO/tests/ops"
-step tests 120 "${PYTEST[@]}" "$T/test_rank_cuda.py" "$T/test_select_cuda.py" -m cuda
+step tests 120 "${PYTEST[@]}" -rfE --tb=short "$T/test_rank_cuda.py" "$T/test_select_cuda.py" -m cuda
 
+cd "$REPO"
+step bench_rank 90 "$PY" benchmarks/bench_rank.py --device cuda --dtype float32 float16 --json "$OUT/rank_cuda.json"
+step bench_rank_imagenet 120 "$PY" benchmarks/bench_rank.py --device cuda --dtype float32 float16 --shapes imagenet \
+  --torch-max-maps 512 \
+  --json "$OUT/rank_cuda_imagenet.json"
+step bench_select 60 "$PY" benchmarks/bench_select.py --device cuda --json "$OUT/select_cuda.json"
+
+
+cd "$RUN_DIR"
 # Reduced selections: small and medium sizes, every kernel variant (block
 # sizes 32..256, Gram and bidiagonal, shared-memory and global workspace).
 SAN_RANK=(
   "$T/test_rank_cuda.py::test_cuda_identical_to_cpu[-7x13-float32]"
+  "$T/test_rank_cuda.py::test_cuda_identical_to_cpu[-32x32-float32]"
+  "$T/test_rank_cuda.py::test_feature_maps_channels_last[-float16]"
   "$T/test_rank_cuda.py::test_cuda_identical_to_cpu[-40x100-float64]"
   "$T/test_rank_cuda.py::test_cuda_identical_to_cpu[-56x56-bfloat16]"
   "$T/test_rank_cuda.py::test_cuda_identical_to_cpu[-112x112-float16]"
@@ -86,13 +114,8 @@ SAN_SELECT=(
 )
 SAN=(compute-sanitizer --error-exitcode 97 --target-processes all)
 step memcheck 100 "${SAN[@]}" --tool memcheck "${PYTEST[@]}" "${SAN_RANK[@]}" "${SAN_RANK_GLOBAL[@]}" "${SAN_SELECT[@]}"
-step racecheck 100 "${SAN[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" "${SAN_RANK[@]:0:3}" "${SAN_SELECT[@]:0:1}"
+step racecheck 100 "${SAN[@]}" --tool racecheck --racecheck-report hazard "${PYTEST[@]}" "${SAN_RANK[@]:0:4}" "${SAN_SELECT[@]:0:1}"
 
-cd "$REPO"
-step bench_rank 90 "$PY" benchmarks/bench_rank.py --device cuda --dtype float32 float16 --json "$OUT/rank_cuda.json"
-step bench_rank_imagenet 120 "$PY" benchmarks/bench_rank.py --device cuda --dtype float32 float16 --shapes imagenet \
-  --json "$OUT/rank_cuda_imagenet.json"
-step bench_select 60 "$PY" benchmarks/bench_select.py --device cuda --json "$OUT/select_cuda.json"
 
 echo "total $(( $(date +%s) - START ))s" | tee -a "$SUMMARY"
 rm -rf "$RUN_DIR"

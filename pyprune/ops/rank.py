@@ -72,13 +72,12 @@ def _rank_cuda(t: torch.Tensor, code: int, sizes: List[int], strides: List[int],
                a: float, r: float, out: torch.Tensor) -> None:
     """Launch the native kernel on ``t``'s device and current stream (no host sync)."""
     dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    with torch.cuda.device(dev):
-        nmat = out.numel()
-        ws_bytes = int(_C.rank_cuda_workspace_bytes(m, n, code, nmat, dev))
-        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=t.device) if ws_bytes > 0 else None
-        stream = torch.cuda.current_stream(t.device).cuda_stream
-        _C.rank_cuda(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
-                     out.data_ptr(), dev, stream, ws.data_ptr() if ws is not None else 0, ws_bytes)
+    # The native module selects `dev` itself; torch only allocates (on t.device) and names the stream.
+    ws_bytes = int(_C.rank_cuda_workspace_bytes(m, n, code, out.numel(), dev))
+    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=t.device) if ws_bytes > 0 else None
+    stream = torch.cuda.current_stream(t.device).cuda_stream
+    _C.rank_cuda(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
+                 out.data_ptr(), dev, stream, ws.data_ptr() if ws is not None else 0, ws_bytes)
 
 
 def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[float] = None,
@@ -97,7 +96,7 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
         check_finite: raise ``ValueError`` when a matrix holds NaN or Inf (the
             default).  With ``False`` such matrices get rank ``-1`` instead and
             no error is raised: on CUDA the default check reads one flag back
-            to the host (``bool((out < 0).any())``), which synchronises the
+            to the host (``int(out.min()) < 0``), which synchronises the
             stream; pass ``False`` to keep a loop of calls asynchronous and test
             ``(ranks < 0).any()`` once at the end.
 
@@ -164,9 +163,8 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
                     out.data_ptr(), nthreads, ws.data_ptr())
     if not check_finite:
         return out.numpy() if is_numpy else out
-    bad = out < 0
-    if bool(bad.any()):  # on CUDA: one device -> host read (synchronises the stream)
-        first = int(bad.reshape(-1).nonzero()[0, 0])
+    if int(out.min()) < 0:  # on CUDA: one reduction and one device -> host read (synchronises)
+        first = int((out < 0).reshape(-1).nonzero()[0, 0])
         index = tuple(int(i) for i in np.unravel_index(first, batch_shape)) if batch_shape else ()
         raise ValueError(f"{op}: x holds NaN or Inf in matrix {index} (the first such matrix)")
     return out.numpy() if is_numpy else out
