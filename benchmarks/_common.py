@@ -34,7 +34,7 @@ def median_time(fn: Callable[[], object], *, device: str = "cpu", runs: int = 5,
 
 
 def median_times(fns: Dict[str, Callable[[], object]], *, device: str = "cpu", runs: int = 5,
-                 warmup: int = 1, settle: float = 0.3) -> Dict[str, float]:
+                 warmup: int = 1, settle: float = 0.3, interleave: bool = True) -> Dict[str, float]:
     """Median wall time of each fn, the fns run interleaved (a, b, a, b, ...).
 
     On a shared machine the speed drifts over seconds; interleaving makes every
@@ -43,7 +43,15 @@ def median_times(fns: Dict[str, Callable[[], object]], *, device: str = "cpu", r
     workers keep spinning for a while after a parallel region, and a call
     started right after one runs on cores they still occupy (measured here:
     a pyprune call right after torch.linalg.matrix_rank took 1.5x as long).
+
+    interleave=False times each fn in its own block (warm-up, then its runs),
+    the usual way on a GPU: there a short call that follows a long, mostly idle
+    one (torch's cuSOLVER path waits on the host between solver calls) runs
+    before the clocks are back up, so interleaving charges one library for
+    the other's power state.
     """
+    if not interleave:
+        return {k: median_time(fn, device=device, runs=runs, warmup=warmup) for k, fn in fns.items()}
     times: Dict[str, List[float]] = {k: [] for k in fns}
     for i in range(warmup + runs):
         for name, fn in fns.items():

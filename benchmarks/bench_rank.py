@@ -1,8 +1,9 @@
 """Batched matrix rank: pyprune.ops.matrix_rank vs torch.linalg.matrix_rank.
 
 Correctness first (the two must agree on every map), then timing: the same
-tensor in the same process, median of --runs runs after a warm-up, the two
-libraries' runs interleaved so both see the same machine load.  Feature
+tensor in the same process, median of --runs runs after a warm-up; on the CPU
+the two libraries' runs are interleaved so both see the same machine load, on
+CUDA each library is timed in its own block (see --timing).  Feature
 maps are N(0, 1) samples (full rank, the worst case: no zero rows or columns to
 skip); --relu uses ReLU'd maps as a network would produce.
 
@@ -57,11 +58,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-cpu", action="store_true", help="on CUDA, skip the pyprune-on-CPU column")
     p.add_argument("--torch-max-maps", type=int, default=1024,
                    help="on CUDA, above 32x32: time torch on this many leading maps and scale (see above)")
+    p.add_argument("--timing", choices=["interleaved", "blocked"], default=None,
+                   help="interleaved (a, b, a, b; the CPU default) or blocked (each library's warm-up and runs "
+                        "together; the CUDA default), see benchmarks/_common.py median_times")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.runs < 5:
         p.error("--runs must be >= 5 (median of at least five runs)")
     device = args.device
+    timing = args.timing or ("blocked" if device.startswith("cuda") else "interleaved")
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_rank: --device cuda asked for but torch.cuda.is_available() is False; skipping")
         return 0
@@ -94,13 +99,14 @@ def main(argv=None) -> int:
                 return 1
             t = median_times({"ours": lambda: pyprune.ops.matrix_rank(x),
                               "torch": lambda: torch.linalg.matrix_rank(xt, rtol=rtol)},
-                             device=device, runs=args.runs)
+                             device=device, runs=args.runs, interleave=timing == "interleaved",
+                             warmup=1 if timing == "interleaved" else 3)
             t_ours, t_torch = t["ours"], t["torch"] * (maps / torch_maps)
             flops = maps * algorithm_flops(shape[-2], shape[-1], dtype)
             rec = {"shape": list(shape), "dtype": dtype_name, "device": device, "pyprune_s": t_ours,
                    "torch_s": t_torch, "speedup": t_torch / t_ours, "maps_per_s": maps / t_ours,
                    "torch_maps_per_s": maps / t_torch, "gflops": flops / t_ours / 1e9,
-                   "torch_maps_timed": torch_maps}
+                   "torch_maps_timed": torch_maps, "timing": timing}
             row = [str(tuple(shape)), dtype_name, f"{t_ours * 1e3:.2f}", f"{t_torch * 1e3:.2f}",
                    f"{rec['speedup']:.1f}x", f"{rec['maps_per_s']:,.0f}", f"{rec['torch_maps_per_s']:,.0f}",
                    f"{rec['gflops']:.1f}"]
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
     if device.startswith("cuda") and not args.no_cpu:
         headers.append("vs pyprune CPU")
     print()
-    print(f"matrix_rank on {device} ({meta.get('gpu', meta['cpu'])}), median of {args.runs} runs")
+    print(f"matrix_rank on {device} ({meta.get('gpu', meta['cpu'])}), median of {args.runs} runs, {timing} timing")
     print_table(headers, rows)
     write_json(args.json, records, meta)
     return 0

@@ -119,17 +119,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("rank_cuda",
         [](uintptr_t data, int dtype, const std::vector<int64_t>& batch_sizes, const std::vector<int64_t>& batch_strides,
            int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride, double atol, double rtol, uintptr_t out,
-           int device, uintptr_t stream, uintptr_t workspace, int64_t workspace_bytes) {
+           int device, uintptr_t stream, uintptr_t workspace, int64_t workspace_bytes, uintptr_t nonfinite_flag) {
           const RankJob job = make_rank_job("rank_cuda", data, dtype, batch_sizes, batch_strides, rows, cols,
                                             row_stride, col_stride, atol, rtol, out);
           py::gil_scoped_release nogil;
-          rank_cuda(job, device, as_ptr<void>(stream), as_ptr<void>(workspace), workspace_bytes);
+          rank_cuda(job, device, as_ptr<void>(stream), as_ptr<void>(workspace), workspace_bytes,
+                    as_ptr<int>(nonfinite_flag));
         },
         py::arg("data"), py::arg("dtype"), py::arg("batch_sizes"), py::arg("batch_strides"), py::arg("rows"),
         py::arg("cols"), py::arg("row_stride"), py::arg("col_stride"), py::arg("atol"), py::arg("rtol"),
         py::arg("out"), py::arg("device"), py::arg("stream"), py::arg("workspace"), py::arg("workspace_bytes"),
+        py::arg("nonfinite_flag") = 0,
         "Batched matrix rank of a strided device buffer, launched on `stream` without synchronising; "
-        "writes int64 ranks (-1 for non-finite matrices).");
+        "writes int64 ranks (-1 for non-finite matrices) and, when nonfinite_flag is a device int*, "
+        "zeroes it and sets it to 1 if any matrix holds NaN/Inf.");
   m.def("rank_cuda_workspace_bytes",
         [](int64_t rows, int64_t cols, int dtype, int64_t num_matrices, int device) {
           if (dtype < 0 || dtype > 3) throw std::invalid_argument("rank_cuda_workspace_bytes: unknown dtype code");

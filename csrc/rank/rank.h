@@ -57,9 +57,14 @@ const char* rank_cpu_isa();
 // rank_cuda_workspace_bytes(...) bytes (0 when shared memory suffices) that the
 // caller allocates on `device`.  rank_cuda launches on `stream` (a
 // cudaStream_t) and returns without synchronising; `data` and `out` are device
-// pointers.  Throws std::runtime_error with the CUDA error string on failure.
+// pointers.  `nonfinite_flag` (a device int, or nullptr) is zeroed on the
+// stream and set to 1 when some matrix holds NaN/Inf, so a caller can check
+// the whole batch with one 4-byte read.  Float32/16/bf16 matrices with
+// min(M, N) <= 32 run a kernel with one warp segment per matrix instead.
+// Throws std::runtime_error with the CUDA error string on failure.
 int64_t rank_cuda_workspace_bytes(int64_t rows, int64_t cols, DType dtype, int64_t num_matrices, int device);
-void rank_cuda(const RankJob& job, int device, void* stream, void* workspace, int64_t workspace_bytes);
+void rank_cuda(const RankJob& job, int device, void* stream, void* workspace, int64_t workspace_bytes,
+               int* nonfinite_flag);
 
 namespace detail {
 // One kernel variant per instruction set; see rank_kernel.h.

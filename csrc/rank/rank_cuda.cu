@@ -1,5 +1,6 @@
 // Batched matrix rank on a CUDA device: the algorithms of rank_kernel.h (see
-// rank.h for the contract), one thread block per matrix.
+// rank.h for the contract), one thread block per matrix.  Float32/16/bf16
+// matrices with min(M, N) <= 32 go to rank_cuda_small.cu instead.
 //
 //  * float32 / float16 / bfloat16: Gram matrix of the smaller side in float64
 //    (32 x 32 output tiles, the input streamed through shared memory in
@@ -19,187 +20,13 @@
 // global workspace the caller allocates (one slot per resident block; the grid
 // then strides over the matrices).  Everything runs on the caller's stream
 // with no host synchronisation; matrices holding NaN/Inf get rank -1.
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
-#include <cfloat>
-#include <climits>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <stdexcept>
-#include <string>
 
-#include "rank/rank.h"
+#include "rank/rank_cuda_common.cuh"
 
 namespace pyprune {
+namespace cuda_rank {
 namespace {
-
-constexpr int kTile = 32;     // Gram output tile (kTile x kTile entries)
-constexpr int kPanel = 16;    // input rows per shared-memory panel
-constexpr int kTileLd = 33;   // padded leading dimension of a panel row
-constexpr int kMaxWarps = 8;  // NT <= 256
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    cudaGetLastError();  // clear a non-sticky error so later calls are not blamed
-    throw std::runtime_error(std::string("pyprune rank_cuda: ") + what + ": " + cudaGetErrorString(err));
-  }
-}
-
-// Kernel arguments: RankJob's fields, in the logical m x n view (m >= n).
-struct Args {
-  const void* data;
-  int64_t batch_sizes[16];
-  int64_t batch_strides[16];
-  int batch_ndim;
-  int64_t nmat;
-  int m, n;
-  int64_t sr, sc;  // element (r, c) of the logical view at r * sr + c * sc
-  double atol, rtol;
-  int64_t* out;
-};
-
-struct F16 { uint16_t bits; };
-struct BF16 { uint16_t bits; };
-
-__device__ __forceinline__ double to_double(float v) { return v; }
-__device__ __forceinline__ double to_double(F16 v) { return __half2float(__ushort_as_half(v.bits)); }
-__device__ __forceinline__ double to_double(BF16 v) { return __uint_as_float(static_cast<uint32_t>(v.bits) << 16); }
-
-__device__ __forceinline__ double dmax(double a, double b) { return a > b ? a : b; }
-
-// Power of two closest below 1/x for x > 0 (1 for x == 0 or non-finite).
-__device__ __forceinline__ double pow2_recip(double x) {
-  if (!(x > 0.0) || !isfinite(x)) return 1.0;
-  int e;
-  frexp(x, &e);
-  return ldexp(1.0, -e);
-}
-
-__device__ __forceinline__ int64_t matrix_offset(const Args& a, int64_t b) {
-  int64_t off = 0;
-#pragma unroll
-  for (int d = 15; d >= 0; --d) {
-    if (d < a.batch_ndim) {
-      const int64_t s = a.batch_sizes[d];
-      off += (b % s) * a.batch_strides[d];
-      b /= s;
-    }
-  }
-  return off;
-}
-
-__device__ __forceinline__ int64_t col_start(int64_t j, int64_t n) { return j * n - j * (j - 1) / 2; }
-
-__device__ __forceinline__ double warp_sum(double x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ double warp_max(double x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x = dmax(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-// Block-wide reductions; every thread gets the same result (same order), and
-// `red` (kMaxWarps * 3 doubles) is free again on return.
-template <int NT>
-__device__ __forceinline__ double block_sum(double x, double* red) {
-  constexpr int W = NT / 32;
-  x = warp_sum(x);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = x;
-  __syncthreads();
-  double r = 0.0;
-#pragma unroll
-  for (int q = 0; q < W; ++q) r += red[q];
-  __syncthreads();
-  return r;
-}
-
-// Reduces (max, max, max) or (max, sum) triples: op bit i set = sum, else max.
-template <int NT>
-__device__ __forceinline__ void block_reduce3(double& a, double& b, double& c, unsigned sum_mask, double* red) {
-  constexpr int W = NT / 32;
-  a = (sum_mask & 1u) ? warp_sum(a) : warp_max(a);
-  b = (sum_mask & 2u) ? warp_sum(b) : warp_max(b);
-  c = (sum_mask & 4u) ? warp_sum(c) : warp_max(c);
-  if ((threadIdx.x & 31) == 0) {
-    red[threadIdx.x >> 5] = a;
-    red[kMaxWarps + (threadIdx.x >> 5)] = b;
-    red[2 * kMaxWarps + (threadIdx.x >> 5)] = c;
-  }
-  __syncthreads();
-  double ra = red[0], rb = red[kMaxWarps], rc = red[2 * kMaxWarps];
-#pragma unroll
-  for (int q = 1; q < W; ++q) {
-    ra = (sum_mask & 1u) ? ra + red[q] : dmax(ra, red[q]);
-    rb = (sum_mask & 2u) ? rb + red[kMaxWarps + q] : dmax(rb, red[kMaxWarps + q]);
-    rc = (sum_mask & 4u) ? rc + red[2 * kMaxWarps + q] : dmax(rc, red[2 * kMaxWarps + q]);
-  }
-  __syncthreads();
-  a = ra;
-  b = rb;
-  c = rc;
-}
-
-// Householder vector for x = (alpha, x[1:]) with sigma = ||x[1:]||^2; see
-// rank_kernel.h.
-struct House {
-  double tau, beta, scal;
-};
-__device__ __forceinline__ House householder(double alpha, double sigma) {
-  if (sigma > 0.0) {
-    const double nrm = sqrt(alpha * alpha + sigma);
-    const double beta = alpha >= 0.0 ? -nrm : nrm;
-    return {(beta - alpha) / beta, beta, 1.0 / (alpha - beta)};
-  }
-  return {0.0, alpha, 1.0};
-}
-
-// Number of eigenvalues <= x of the symmetric tridiagonal matrix with diagonal
-// d (nullptr: zero) and squared off-diagonal e2 (LAPACK dlaebz pivmin rule).
-__device__ __forceinline__ int count_le(const double* d, const double* e2, int n, double x, double pivmin) {
-  double q = (d ? d[0] : 0.0) - x;
-  if (fabs(q) < pivmin) q = -pivmin;
-  int cnt = q <= 0.0;
-  for (int i = 1; i < n; ++i) {
-    q = ((d ? d[i] : 0.0) - x) - e2[i - 1] / q;
-    if (fabs(q) < pivmin) q = -pivmin;
-    cnt += q <= 0.0;
-  }
-  return cnt;
-}
-
-// Largest eigenvalue in [lo, hi]: each step every thread counts at one of NT
-// equispaced interior points; the bracket becomes the piece above the highest
-// point that still has an eigenvalue above it.
-template <int NT>
-__device__ __forceinline__ double largest_eigenvalue(const double* d, const double* e2, int n, double lo,
-                                                     double hi, double pivmin, unsigned* masks) {
-  constexpr int W = NT / 32;
-  const int tid = threadIdx.x;
-  for (double shrink = 1.0; shrink < 262144.0; shrink *= NT + 1) {  // 4^9 = 2^18 (kBisectIters)
-    const double w = (hi - lo) / (NT + 1);
-    const double x = lo + (tid + 1) * w;
-    const bool above = n - count_le(d, e2, n, x, pivmin) > 0;
-    const unsigned ball = __ballot_sync(0xffffffffu, above);
-    if ((tid & 31) == 0) masks[tid >> 5] = ball;
-    __syncthreads();
-    int top = -1;
-#pragma unroll
-    for (int q = 0; q < W; ++q)
-      if (masks[q]) top = q * 32 + 31 - __clz(static_cast<int>(masks[q]));
-    __syncthreads();
-    const double new_lo = top >= 0 ? lo + (top + 1) * w : lo;
-    const double new_hi = top + 1 < NT ? lo + (top + 2) * w : hi;
-    lo = new_lo;
-    hi = new_hi;
-  }
-  return 0.5 * (lo + hi);
-}
 
 // ---------------------------------------------------------------------------
 // Gram path.  Slot: packed lower G (n(n+1)/2), d, e, v, p (n each).
@@ -277,7 +104,7 @@ __global__ void __launch_bounds__(NT, 512 / NT) rank_gram_kernel(Args a, double*
     }
     block_reduce3<NT>(maxdiag, chk, unused, 2u, red);
     if (chk != 0.0) {  // NaN: uniform over the block
-      if (tid == 0) a.out[b] = -1;
+      if (tid == 0) mark_non_finite(a, b);
       continue;
     }
     const double s = pow2_recip(maxdiag);
@@ -363,182 +190,6 @@ __global__ void __launch_bounds__(NT, 512 / NT) rank_gram_kernel(Args a, double*
 }
 
 // ---------------------------------------------------------------------------
-// Small Gram path: float32/16/bf16 with n <= 32.  A block-per-matrix kernel
-// spends most of its time in barriers and shared-memory round trips on such
-// sizes, so here a segment of NB lanes (NB = 8, 16 or 32: 32 / NB matrices
-// per warp) owns one matrix and lane i of the segment keeps row i of the Gram
-// matrix in registers.  Only warp-level exchanges: shuffles within the
-// segment and a small per-warp shared-memory area (__syncwarp).  n < NB is
-// padded with zero rows/columns of G, which no step ever changes (their v and
-// w entries are exactly 0); the Householder steps stop at the real n.
-//
-// Arithmetic: G is summed over the rows in order, like the CPU's (every
-// product is exact, so G is bit-identical); the tridiagonalisation keeps the
-// full symmetric G (each lane its row) and so rounds differently from the
-// CPU's packed version, which the contract (singular values >= 1% away from
-// tol) absorbs.
-
-constexpr int kWarpsPerBlock = 4;
-constexpr int kStageRows = 8;  // input rows staged per round (256 values per warp)
-
-template <int NB>
-__device__ __forceinline__ double seg_sum(double x) {
-#pragma unroll
-  for (int o = NB / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-template <int NB>
-__device__ __forceinline__ double seg_max(double x) {
-#pragma unroll
-  for (int o = NB / 2; o > 0; o >>= 1) x = dmax(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-template <int NB, class T>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? 4 : (NB == 16 ? 5 : 6)) rank_gram_warp_kernel(Args a) {
-  constexpr int MPW = 32 / NB;                  // matrices per warp
-  constexpr int SEG_X = kStageRows * NB + 2;    // doubles per segment in the stage (+2: other banks)
-  constexpr int SEG_V = NB + 1;                 // double2 per segment in the v/w exchange
-  constexpr int SEG_T = NB + 1;                 // doubles per segment of d and e^2
-  constexpr unsigned kFull = 0xffffffffu;
-  __shared__ __align__(16) double xs_all[kWarpsPerBlock][MPW * SEG_X];
-  __shared__ __align__(16) double2 vw_all[kWarpsPerBlock][MPW * SEG_V];
-  __shared__ double d_all[kWarpsPerBlock][MPW * SEG_T];
-  __shared__ double e2_all[kWarpsPerBlock][MPW * SEG_T];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int seg = lane / NB, i = lane % NB;
-  const int m = a.m, n = a.n;
-  double* xs = xs_all[warp];
-  const double* xseg = xs + seg * SEG_X;
-  double2* vw = vw_all[warp] + seg * SEG_V;
-  double* dsm = d_all[warp] + seg * SEG_T;
-  double* esm = e2_all[warp] + seg * SEG_T;
-  const bool cols_fast = a.sc == 1 || a.sr != 1;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock * MPW;
-
-  for (int64_t b0 = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp) * MPW; b0 < a.nmat; b0 += step) {
-    const int64_t b = b0 + seg;
-    const bool active = b < a.nmat;
-    const int64_t my_off = active ? matrix_offset(a, b) : 0;
-
-    // G = X^T X: lane i accumulates row i over the input rows, in order.
-    double g[NB];
-#pragma unroll
-    for (int c = 0; c < NB; ++c) g[c] = 0.0;
-    for (int r0 = 0; r0 < m; r0 += kStageRows) {
-#pragma unroll
-      for (int t = 0; t < kStageRows * NB * MPW / 32; ++t) {
-        constexpr int kPerSeg = kStageRows * NB;
-        const int q = t * 32 + lane;
-        const int s = (t * 32) / kPerSeg;  // the same for every lane (kPerSeg is a multiple of 32)
-        const int w = q - s * kPerSeg;
-        const int rr = cols_fast ? w / NB : w % kStageRows;
-        const int cc = cols_fast ? w % NB : w / kStageRows;
-        const int64_t off = __shfl_sync(kFull, my_off, s * NB);
-        const int r = r0 + rr;
-        double val = 0.0;
-        if (r < m && cc < n && b0 + s < a.nmat)
-          val = to_double(static_cast<const T*>(a.data)[off + r * a.sr + cc * a.sc]);
-        xs[s * SEG_X + rr * NB + cc] = val;
-      }
-      __syncwarp();
-#pragma unroll
-      for (int rr = 0; rr < kStageRows; ++rr) {
-        const double xi = xseg[rr * NB + i];
-#pragma unroll
-        for (int c = 0; c < NB; c += 2) {
-          const double2 xc = *reinterpret_cast<const double2*>(xseg + rr * NB + c);
-          g[c] = fma(xi, xc.x, g[c]);
-          g[c + 1] = fma(xi, xc.y, g[c + 1]);
-        }
-      }
-      __syncwarp();
-    }
-
-    // Finiteness from the diagonal (squares of these types are finite in
-    // float64) and exact power-of-two scaling, per segment.
-    double diag = 0.0;
-#pragma unroll
-    for (int c = 0; c < NB; ++c)
-      if (c == i) diag = g[c];
-    const double chk = seg_sum<NB>(diag - diag);
-    const bool bad = chk != 0.0;
-    const double s = pow2_recip(seg_max<NB>(bad ? 0.0 : diag));
-#pragma unroll
-    for (int c = 0; c < NB; ++c) g[c] = bad ? 0.0 : g[c] * s;
-
-    // Householder tridiagonalisation; lane i ends with d_i and e_i.
-    double dreg = 0.0, ereg = 0.0;
-#pragma unroll
-    for (int k = 0; k < NB - 1; ++k) {
-      const double xk = g[k];  // G(i, k)
-      if (i == k) dreg = xk;
-      const double below = __shfl_sync(kFull, xk, k + 1, NB);  // G(k+1, k)
-      if (k + 2 < n) {  // the same for every lane
-        const double sigma = seg_sum<NB>(i > k + 1 ? xk * xk : 0.0);
-        const House h = householder(below, sigma);
-        if (i == k) ereg = h.beta;
-        const double vi = i == k + 1 ? 1.0 : (i > k + 1 ? xk * h.scal : 0.0);
-        vw[i].x = vi;
-        __syncwarp();
-        double t0 = 0.0, t1 = 0.0;  // p_i = tau * G(i, k+1:) v
-#pragma unroll
-        for (int j = k + 1; j < NB; ++j) {
-          if ((j - k) & 1) t0 = fma(g[j], vw[j].x, t0);
-          else t1 = fma(g[j], vw[j].x, t1);
-        }
-        const double pi = i > k ? h.tau * (t0 + t1) : 0.0;
-        const double K = 0.5 * h.tau * seg_sum<NB>(pi * vi);
-        const double wi = pi - K * vi;
-        vw[i].y = wi;
-        __syncwarp();
-#pragma unroll
-        for (int j = k + 1; j < NB; ++j) {  // G -= v w^T + w v^T
-          const double2 q = vw[j];
-          g[j] -= vi * q.y + wi * q.x;
-        }
-        __syncwarp();
-      } else if (i == k) {
-        ereg = below;
-      }
-    }
-    if (i == NB - 1) dreg = g[NB - 1];
-
-    // Sturm counts on (d, e^2).
-    dsm[i] = dreg;
-    esm[i] = ereg * ereg;
-    const double e_left = __shfl_up_sync(kFull, ereg, 1, NB);
-    const double maxd = seg_max<NB>(dreg);
-    const double hi0 = seg_max<NB>(dreg + (i > 0 ? fabs(e_left) : 0.0) + (i + 1 < n ? fabs(ereg) : 0.0));
-    const double maxe2 = seg_max<NB>(i + 1 < n ? ereg * ereg : 0.0);
-    __syncwarp();
-    const double pivmin = DBL_MIN * dmax(1.0, maxe2);
-    // G is positive semidefinite: |e_i| <= max d <= lambda_max, so hi <= 3 lambda_max.
-    double lo = dmax(maxd, hi0 * (1.0 / 3.0)), hi = hi0;
-    // Each round every lane counts at one of NB equispaced interior points; stop
-    // once the bracket shrank by >= 2^18, as the CPU's 9 quadrisections do.
-    for (double shrink = 1.0; shrink < 262144.0; shrink *= NB + 1) {
-      const double wdt = (hi - lo) / (NB + 1);
-      const double x = lo + (i + 1) * wdt;
-      const bool above = n - count_le(dsm, esm, n, x, pivmin) > 0;
-      const unsigned ball = __ballot_sync(kFull, above);
-      const unsigned bits = NB == 32 ? ball : (ball >> (seg * NB)) & ((1u << (NB % 32)) - 1u);
-      const int top = bits ? 31 - __clz(static_cast<int>(bits)) : -1;
-      const double new_lo = top >= 0 ? lo + (top + 1) * wdt : lo;
-      const double new_hi = top + 1 < NB ? lo + (top + 2) * wdt : hi;
-      lo = new_lo;
-      hi = new_hi;
-    }
-    const double lmax = 0.5 * (lo + hi);
-    if (i == 0 && active) {
-      const double thr = dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * lmax);
-      a.out[b] = bad ? -1 : n - count_le(dsm, esm, n, thr, pivmin);
-    }
-    __syncwarp();
-  }
-}
-
-// ---------------------------------------------------------------------------
 // Bidiagonal path (float64).  Slot: X column-major (m*n), d, e, u (n each),
 // off2 (2n).
 
@@ -571,7 +222,7 @@ __global__ void __launch_bounds__(NT, 512 / NT) rank_bidiag_kernel(Args a, doubl
     }
     block_reduce3<NT>(maxabs, chk, unused, 2u, red);
     if (chk != 0.0) {
-      if (tid == 0) a.out[b] = -1;
+      if (tid == 0) mark_non_finite(a, b);
       continue;
     }
     const double s = pow2_recip(maxabs);
@@ -729,31 +380,6 @@ void launch_nt(const Plan& pl, DType dtype, const Args& args, double* ws, cudaSt
   check(cudaGetLastError(), "kernel launch");
 }
 
-// The small Gram path (rank_gram_warp_kernel) serves float32/16/bf16 with
-// min(rows, cols) <= 32.  PYPRUNE_CUDA_RANK_WARP=0 in the environment turns it
-// off (the block-per-matrix kernel then runs every size), for comparisons.
-bool warp_path(int64_t rows, int64_t cols, DType dtype) {
-  static const bool enabled = [] {
-    const char* v = std::getenv("PYPRUNE_CUDA_RANK_WARP");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
-  }();
-  return enabled && dtype != DType::kFloat64 && std::min(rows, cols) <= 32;
-}
-
-template <int NB>
-void launch_warp(DType dtype, const Args& args, cudaStream_t stream) {
-  constexpr int64_t per_block = kWarpsPerBlock * (32 / NB);
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((args.nmat + per_block - 1) / per_block, INT_MAX));
-  constexpr int threads = 32 * kWarpsPerBlock;
-  switch (dtype) {
-    case DType::kFloat32: rank_gram_warp_kernel<NB, float><<<blocks, threads, 0, stream>>>(args); break;
-    case DType::kFloat16: rank_gram_warp_kernel<NB, F16><<<blocks, threads, 0, stream>>>(args); break;
-    case DType::kBFloat16: rank_gram_warp_kernel<NB, BF16><<<blocks, threads, 0, stream>>>(args); break;
-    case DType::kFloat64: throw std::logic_error("rank_cuda: float64 has no warp path");
-  }
-  check(cudaGetLastError(), "kernel launch");
-}
-
 int64_t count_matrices(const RankJob& job) {
   int64_t n = 1;
   for (int d = 0; d < job.batch_ndim; ++d) n *= job.batch_sizes[d];
@@ -761,13 +387,17 @@ int64_t count_matrices(const RankJob& job) {
 }
 
 }  // namespace
+}  // namespace cuda_rank
+
+using namespace cuda_rank;
 
 int64_t rank_cuda_workspace_bytes(int64_t rows, int64_t cols, DType dtype, int64_t num_matrices, int device) {
   if (num_matrices <= 0 || rows < 1 || cols < 1 || warp_path(rows, cols, dtype)) return 0;
   return make_plan(rows, cols, dtype, num_matrices, device).ws_bytes;
 }
 
-void rank_cuda(const RankJob& job, int device, void* stream, void* workspace, int64_t workspace_bytes) {
+void rank_cuda(const RankJob& job, int device, void* stream, void* workspace, int64_t workspace_bytes,
+               int* nonfinite_flag) {
   const int64_t nmat = count_matrices(job);
   if (nmat <= 0 || job.rows < 1 || job.cols < 1) return;
   if (job.batch_ndim < 0 || job.batch_ndim > 16) throw std::invalid_argument("rank_cuda: batch_ndim must be <= 16");
@@ -792,12 +422,12 @@ void rank_cuda(const RankJob& job, int device, void* stream, void* workspace, in
   args.atol = job.atol;
   args.rtol = job.rtol;
   args.out = job.out;
+  args.flag = nonfinite_flag;
   double* ws = static_cast<double*>(workspace);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (nonfinite_flag != nullptr) check(cudaMemsetAsync(nonfinite_flag, 0, sizeof(int), s), "cudaMemsetAsync");
   if (small) {
-    if (args.n <= 8) launch_warp<8>(job.dtype, args, s);
-    else if (args.n <= 16) launch_warp<16>(job.dtype, args, s);
-    else launch_warp<32>(job.dtype, args, s);
+    launch_small(job.dtype, args, s);
     return;
   }
   switch (pl.threads) {

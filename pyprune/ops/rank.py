@@ -69,15 +69,20 @@ def _cuda_runtime_ok() -> bool:
 
 
 def _rank_cuda(t: torch.Tensor, code: int, sizes: List[int], strides: List[int], m: int, n: int,
-               a: float, r: float, out: torch.Tensor) -> None:
-    """Launch the native kernel on ``t``'s device and current stream (no host sync)."""
+               a: float, r: float, out: torch.Tensor, flag: Optional[torch.Tensor]) -> None:
+    """Launch the native kernel on ``t``'s device and current stream (no host sync).
+
+    ``flag`` (one int32 on the device, or None) is zeroed and set to 1 when a
+    matrix holds NaN/Inf.
+    """
     dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
     # The native module selects `dev` itself; torch only allocates (on t.device) and names the stream.
     ws_bytes = int(_C.rank_cuda_workspace_bytes(m, n, code, out.numel(), dev))
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=t.device) if ws_bytes > 0 else None
     stream = torch.cuda.current_stream(t.device).cuda_stream
     _C.rank_cuda(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
-                 out.data_ptr(), dev, stream, ws.data_ptr() if ws is not None else 0, ws_bytes)
+                 out.data_ptr(), dev, stream, ws.data_ptr() if ws is not None else 0, ws_bytes,
+                 flag.data_ptr() if flag is not None else 0)
 
 
 def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[float] = None,
@@ -95,8 +100,8 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
         threads: CPU threads (default :func:`pyprune.ops.get_num_threads`).
         check_finite: raise ``ValueError`` when a matrix holds NaN or Inf (the
             default).  With ``False`` such matrices get rank ``-1`` instead and
-            no error is raised: on CUDA the default check reads one flag back
-            to the host (``int(out.min()) < 0``), which synchronises the
+            no error is raised: on CUDA the default check reads back one
+            4-byte flag that the kernel sets, which synchronises the
             stream; pass ``False`` to keep a loop of calls asynchronous and test
             ``(ranks < 0).any()`` once at the end.
 
@@ -156,14 +161,15 @@ def matrix_rank(x: ArrayLike, *, atol: Optional[float] = None, rtol: Optional[fl
         sizes, strides = _coalesce([t.shape[0]], [t.stride(0)])
     code = _DTYPE_CODES[t.dtype]
     if t.device.type == "cuda":
-        _rank_cuda(t, code, sizes, strides, m, n, a, r, out)
+        flag = torch.empty(1, dtype=torch.int32, device=t.device) if check_finite else None
+        _rank_cuda(t, code, sizes, strides, m, n, a, r, out, flag)
+        non_finite = flag is not None and bool(flag)  # one 4-byte device -> host read (synchronises)
     else:
         ws = torch.empty(_C.rank_cpu_workspace_bytes(m, n, code, nthreads), dtype=torch.uint8)
         _C.rank_cpu(t.data_ptr(), code, sizes, strides, m, n, t.stride(-2), t.stride(-1), a, r,
                     out.data_ptr(), nthreads, ws.data_ptr())
-    if not check_finite:
-        return out.numpy() if is_numpy else out
-    if int(out.min()) < 0:  # on CUDA: one reduction and one device -> host read (synchronises)
+        non_finite = check_finite and int(out.min()) < 0
+    if non_finite:
         first = int((out < 0).reshape(-1).nonzero()[0, 0])
         index = tuple(int(i) for i in np.unravel_index(first, batch_shape)) if batch_shape else ()
         raise ValueError(f"{op}: x holds NaN or Inf in matrix {index} (the first such matrix)")
