@@ -180,10 +180,17 @@ __global__ void __launch_bounds__(NT, 512 / NT) rank_gram_kernel(Args a, double*
     const double pivmin = DBL_MIN * dmax(1.0, maxe2);
     // G is positive semidefinite: |e_i| <= max d <= lambda_max, so hi <= 3 lambda_max.
     const double lo = dmax(maxd, hi * (1.0 / 3.0));
-    const double lmax = largest_eigenvalue<NT>(d, e2, n, lo, hi, pivmin, masks);
-    if (tid == 0) {
-      const double thr = dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * lmax);
-      a.out[b] = n - count_le(d, e2, n, thr, pivmin);
+    // Counts at the thresholds of lo and hi: equal means settled (see settled_count).
+    const int settled = settled_count<NT>(d, e2, n, dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * lo),
+                                          dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * hi), pivmin, masks);
+    if (settled >= 0) {
+      if (tid == 0) a.out[b] = n - settled;
+    } else {
+      const double lmax = largest_eigenvalue<NT>(d, e2, n, lo, hi, pivmin, masks);
+      if (tid == 0) {
+        const double thr = dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * lmax);
+        a.out[b] = n - count_le(d, e2, n, thr, pivmin);
+      }
     }
     __syncthreads();
   }
@@ -293,10 +300,16 @@ __global__ void __launch_bounds__(NT, 512 / NT) rank_bidiag_kernel(Args a, doubl
     const double pivmin = DBL_MIN * dmax(1.0, maxo2);
     // Every entry of the bidiagonal is <= sigma_max and hi <= 2 max|o|.
     const double lo = dmax(maxo, 0.5 * hi);
-    const double smax = largest_eigenvalue<NT>(nullptr, off2, nn, lo, hi, pivmin, masks);
-    if (tid == 0) {
-      const double thr = dmax(a.atol * s, a.rtol * smax);
-      a.out[b] = nn - count_le(nullptr, off2, nn, thr, pivmin);
+    const int settled = settled_count<NT>(nullptr, off2, nn, dmax(a.atol * s, a.rtol * lo),
+                                          dmax(a.atol * s, a.rtol * hi), pivmin, masks);
+    if (settled >= 0) {
+      if (tid == 0) a.out[b] = nn - settled;
+    } else {
+      const double smax = largest_eigenvalue<NT>(nullptr, off2, nn, lo, hi, pivmin, masks);
+      if (tid == 0) {
+        const double thr = dmax(a.atol * s, a.rtol * smax);
+        a.out[b] = nn - count_le(nullptr, off2, nn, thr, pivmin);
+      }
     }
     __syncthreads();
   }

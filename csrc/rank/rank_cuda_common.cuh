@@ -162,6 +162,21 @@ __device__ __forceinline__ int count_le(const double* d, const double* e2, int n
 // Largest eigenvalue in [lo, hi]: each step every thread counts at one of NT
 // equispaced interior points; the bracket becomes the piece above the highest
 // point that still has an eigenvalue above it.
+// The threshold is tol(lambda_max) with lambda_max somewhere in [lo, hi] and
+// the count is monotone in the threshold, so when the counts at tol(lo) and
+// tol(hi) agree (the usual case: no eigenvalue near the threshold) that is the
+// answer and the bisection for lambda_max can be skipped.  Threads 0 and 1
+// count; returns the common count, or -1 when they differ (block-uniform).
+template <int NT>
+__device__ __forceinline__ int settled_count(const double* d, const double* e2, int n, double thr_lo,
+                                             double thr_hi, double pivmin, unsigned* masks) {
+  if (threadIdx.x < 2) masks[threadIdx.x] = static_cast<unsigned>(count_le(d, e2, n, threadIdx.x ? thr_hi : thr_lo, pivmin));
+  __syncthreads();
+  const unsigned c_lo = masks[0], c_hi = masks[1];
+  __syncthreads();  // masks is reused by largest_eigenvalue
+  return c_lo == c_hi ? static_cast<int>(c_lo) : -1;
+}
+
 template <int NT>
 __device__ __forceinline__ double largest_eigenvalue(const double* d, const double* e2, int n, double lo,
                                                      double hi, double pivmin, unsigned* masks) {

@@ -29,6 +29,12 @@ namespace {
 constexpr int kWarpsPerBlock = 4;
 constexpr int kStageRows = 8;  // input rows staged per round (256 values per warp)
 
+// Multisection rounds: (NB + 1)^rounds >= 2^18 (the CPU's 9 quadrisections).
+template <int NB>
+constexpr int kRounds = NB == 8 ? 6 : (NB == 16 ? 5 : 4);
+static_assert(9.0 * 9 * 9 * 9 * 9 * 9 >= 262144.0 && 17.0 * 17 * 17 * 17 * 17 >= 262144.0 &&
+              33.0 * 33 * 33 * 33 >= 262144.0, "kRounds too small");
+
 template <int NB>
 __device__ __forceinline__ double seg_sum(double x) {
 #pragma unroll
@@ -180,9 +186,21 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? (PF ? 3 : 4) :
     const double pivmin = DBL_MIN * dmax(1.0, maxe2);
     // G is positive semidefinite: |e_i| <= max d <= lambda_max, so hi <= 3 lambda_max.
     double lo = dmax(maxd, hi0 * (1.0 / 3.0)), hi = hi0;
+    // lambda_max lies in [lo, hi] and the count is monotone in the threshold:
+    // when the counts at the thresholds of lo and hi agree, that is the count
+    // at the threshold of lambda_max too, and the bisection is skipped (the
+    // usual case: no eigenvalue within a factor 3 of the threshold).  Lanes 0
+    // and 1 of the segment count at the two ends.
+    const double thr_lo = dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * lo);
+    const double thr_hi = dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * hi);
+    const int c_end = count_le(dsm, esm, n, i == 0 ? thr_lo : thr_hi, pivmin);
+    const int c_lo = __shfl_sync(kFull, c_end, 0, NB), c_hi = __shfl_sync(kFull, c_end, 1, NB);
+    const bool settled = c_lo == c_hi;
     // Each round every lane counts at one of NB equispaced interior points; stop
     // once the bracket shrank by >= 2^18, as the CPU's 9 quadrisections do.
-    for (double shrink = 1.0; shrink < 262144.0; shrink *= NB + 1) {
+    // (The ballot needs every lane: the warp bisects if any segment must.)
+    const int rounds = __all_sync(kFull, settled) ? 0 : kRounds<NB>;
+    for (int round = 0; round < rounds; ++round) {
       const double wdt = (hi - lo) / (NB + 1);
       const double x = lo + (i + 1) * wdt;
       const bool above = n - count_le(dsm, esm, n, x, pivmin) > 0;
@@ -198,7 +216,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? (PF ? 3 : 4) :
     if (i == 0 && active) {
       const double thr = dmax((a.atol * a.atol) * s, (a.rtol * a.rtol) * lmax);
       if (bad) mark_non_finite(a, b);
-      else a.out[b] = n - count_le(dsm, esm, n, thr, pivmin);
+      else a.out[b] = n - (settled ? c_lo : count_le(dsm, esm, n, thr, pivmin));
     }
     __syncwarp();
   }

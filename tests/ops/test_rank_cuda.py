@@ -176,3 +176,33 @@ def test_second_device():
     out = matrix_rank(x.to("cuda:1"))
     assert out.device == torch.device("cuda:1")
     assert torch.equal(out.cpu(), matrix_rank(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=NAME)
+@pytest.mark.parametrize("shape", [(12, 9), (32, 32), (56, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_singular_values_near_tol(device, dtype, shape):
+    """A singular value within a factor 1.7 of tol on either side.
+
+    The counts at the ends of the bracket around sigma_max then differ, so
+    the kernels must bisect for sigma_max (the shortcut that skips it applies
+    only when no singular value lies near the threshold).
+    """
+    m, n = shape
+    gen = torch.Generator().manual_seed(m * n)
+    rtol = 0.05 if dtype == torch.bfloat16 else 1e-3
+    factors = [0.6, 0.8, 0.95, 1.05, 1.25, 1.7]
+    mats = []
+    for f in factors:
+        u = torch.linalg.qr(torch.randn(m, m, dtype=torch.float64, generator=gen))[0]
+        v = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=gen))[0]
+        s = torch.zeros(min(m, n), dtype=torch.float64)
+        s[:4] = torch.tensor([1.0, 0.7, 0.4, f * rtol], dtype=torch.float64)
+        mats.append((u[:, : s.numel()] * s) @ v[:, : s.numel()].T)
+    x = torch.stack(mats).to(dtype).to(device)
+    got = matrix_rank(x, rtol=rtol).cpu()
+    sv = torch.linalg.svdvals(x.cpu().double())
+    tol = rtol * sv[:, 0]
+    assert ((sv - tol[:, None]).abs() >= 0.01 * tol[:, None]).all()  # every case is inside the contract
+    assert torch.equal(got, (sv > tol[:, None]).sum(-1))
+    assert torch.equal(got, torch.tensor([3 + (f > 1) for f in factors]))
