@@ -48,8 +48,10 @@ __device__ __forceinline__ double seg_max(double x) {
   return x;
 }
 
-template <int NB, class T, bool PF>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? (PF ? 3 : 4) : (NB == 16 ? 5 : 6))
+// Blocks per SM: 4 at NB = 32 (128 registers; 3 with more registers measured
+// slower on an H200), 5 and 6 below (no spills).
+template <int NB, class T>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? 4 : (NB == 16 ? 5 : 6))
     rank_gram_warp_kernel(Args a) {
   constexpr int MPW = 32 / NB;                  // matrices per warp
   constexpr int SEG_X = kStageRows * NB + 2;    // doubles per segment in the stage (+2: other banks)
@@ -81,8 +83,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? (PF ? 3 : 4) :
 #pragma unroll
     for (int c = 0; c < NB; ++c) g[c] = 0.0;
     // The stage holds rows r0 .. r0+7 of each matrix of the warp (256 values,
-    // 8 per lane).  With PF the loads of the next stage are issued before the
-    // current one is consumed, so their latency hides behind the FMAs.
+    // 8 per lane).  (Issuing the next stage's loads before consuming this one
+    // needs 8 more registers; at NB = 32 that cost a block per SM and measured
+    // 25% slower on an H200, and no faster at NB <= 16.)
     constexpr int kLoads = kStageRows * NB * MPW / 32;
     constexpr int kPerSeg = kStageRows * NB;
     int64_t seg_off[MPW];
@@ -100,9 +103,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? (PF ? 3 : 4) :
                                                       : T{};
       }
     };
-    if (PF) load_stage(0);
     for (int r0 = 0; r0 < m; r0 += kStageRows) {
-      if (!PF) load_stage(r0);
+      load_stage(r0);
 #pragma unroll
       for (int t = 0; t < kLoads; ++t) {
         const int s = (t * 32) / kPerSeg;
@@ -112,7 +114,6 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? (PF ? 3 : 4) :
         xs[s * SEG_X + rr * NB + cc] = to_double(pre[t]);
       }
       __syncwarp();
-      if (PF && r0 + kStageRows < m) load_stage(r0 + kStageRows);
 #pragma unroll
       for (int rr = 0; rr < kStageRows; ++rr) {
         const double xi = xseg[rr * NB + i];
@@ -222,15 +223,15 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? (PF ? 3 : 4) :
   }
 }
 
-template <int NB, bool PF>
+template <int NB>
 void launch_warp(DType dtype, const Args& args, cudaStream_t stream) {
   constexpr int64_t per_block = kWarpsPerBlock * (32 / NB);
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((args.nmat + per_block - 1) / per_block, INT_MAX));
   constexpr int threads = 32 * kWarpsPerBlock;
   switch (dtype) {
-    case DType::kFloat32: rank_gram_warp_kernel<NB, float, PF><<<blocks, threads, 0, stream>>>(args); break;
-    case DType::kFloat16: rank_gram_warp_kernel<NB, F16, PF><<<blocks, threads, 0, stream>>>(args); break;
-    case DType::kBFloat16: rank_gram_warp_kernel<NB, BF16, PF><<<blocks, threads, 0, stream>>>(args); break;
+    case DType::kFloat32: rank_gram_warp_kernel<NB, float><<<blocks, threads, 0, stream>>>(args); break;
+    case DType::kFloat16: rank_gram_warp_kernel<NB, F16><<<blocks, threads, 0, stream>>>(args); break;
+    case DType::kBFloat16: rank_gram_warp_kernel<NB, BF16><<<blocks, threads, 0, stream>>>(args); break;
     case DType::kFloat64: throw std::logic_error("rank_cuda: float64 has no warp path");
   }
   check(cudaGetLastError(), "kernel launch");
@@ -250,14 +251,9 @@ bool warp_path(int64_t rows, int64_t cols, DType dtype) {
 }
 
 void launch_small(DType dtype, const Args& args, cudaStream_t s) {
-  // PYPRUNE_CUDA_RANK_PREFETCH=0: the variant without the prefetch (A/B).
-  static const bool prefetch = [] {
-    const char* v = std::getenv("PYPRUNE_CUDA_RANK_PREFETCH");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
-  }();
-  if (args.n <= 8) prefetch ? launch_warp<8, true>(dtype, args, s) : launch_warp<8, false>(dtype, args, s);
-  else if (args.n <= 16) prefetch ? launch_warp<16, true>(dtype, args, s) : launch_warp<16, false>(dtype, args, s);
-  else prefetch ? launch_warp<32, true>(dtype, args, s) : launch_warp<32, false>(dtype, args, s);
+  if (args.n <= 8) launch_warp<8>(dtype, args, s);
+  else if (args.n <= 16) launch_warp<16>(dtype, args, s);
+  else launch_warp<32>(dtype, args, s);
 }
 
 }  // namespace cuda_rank
