@@ -200,6 +200,20 @@ inline vd largest_eigenvalue(const vd* d, const vd* e2, int64_t n, vd lo, vd hi,
   return 0.5 * (lo + hi);
 }
 
+// The threshold is tol(lambda_max) for a lambda_max somewhere in [lo, hi], and
+// the count is monotone in the threshold: where the counts at tol(lo) and
+// tol(hi) agree (the usual case, no eigenvalue near the threshold) that is the
+// count at the exact threshold as well.  Returns the counts at thr(lambda_max)
+// per lane, bisecting for lambda_max only when some lane needs it.
+template <class Thr>
+inline vd count_at_threshold(const vd* d, const vd* e2, int64_t n, vd lo, vd hi, vd pivmin, int iters, Thr thr) {
+  vd c_lo, c_hi, unused;
+  count_le3(d, e2, n, thr(lo), thr(hi), thr(hi), pivmin, &c_lo, &c_hi, &unused);
+  const vd diff = c_lo - c_hi;
+  if (diff[0] == 0.0 && diff[1] == 0.0 && diff[2] == 0.0 && diff[3] == 0.0) return c_lo;
+  return count_le(d, e2, n, thr(largest_eigenvalue(d, e2, n, lo, hi, pivmin, iters)), pivmin);
+}
+
 // 9 quadrisections of an interval [L, 3L] leave a relative width below 8e-6;
 // the midpoint puts sigma_max, hence tol, within 2e-6 (relative) of the exact
 // value: 5000 times inside the contract's 1% margin.
@@ -462,10 +476,9 @@ inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol) {
   const vd pivmin = DBL_MIN * vmax(splat(1.0), maxe2);
   // G is positive semidefinite: |e_i| <= max d <= lambda_max, so hi <= 3 lambda_max.
   const vd lo = vmax(maxd, hi * (1.0 / 3.0));
-  const vd lmax = largest_eigenvalue(d, e2, n, lo, hi, pivmin, kBisectIters);
   // sigma > tol  <=>  lambda > tol^2 (in the scaled units of G).
-  const vd thr = vmax(splat(atol * atol) * s, splat(rtol * rtol) * lmax);
-  const vd rank = splat(static_cast<double>(n)) - count_le(d, e2, n, thr, pivmin);
+  const auto thr = [&](vd lmax) { return vmax(splat(atol * atol) * s, splat(rtol * rtol) * lmax); };
+  const vd rank = splat(static_cast<double>(n)) - count_at_threshold(d, e2, n, lo, hi, pivmin, kBisectIters, thr);
   return check == splat(0.0) ? rank : splat(-1.0);
 }
 
@@ -544,9 +557,9 @@ inline vd bidiag_ranks(vd* X, int64_t m, int64_t n, vd* work, double atol, doubl
   const vd pivmin = DBL_MIN * vmax(splat(1.0), maxo2);
   // Every entry of the bidiagonal is <= sigma_max and hi <= 2 max|o|.
   const vd lo = vmax(maxo, 0.5 * hi);
-  const vd smax = largest_eigenvalue(zeros, off2, nn, lo, hi, pivmin, kBisectIters);
-  const vd thr = vmax(splat(atol) * s, splat(rtol) * smax);
-  const vd rank = splat(static_cast<double>(nn)) - count_le(zeros, off2, nn, thr, pivmin);
+  const auto thr = [&](vd smax) { return vmax(splat(atol) * s, splat(rtol) * smax); };
+  const vd rank =
+      splat(static_cast<double>(nn)) - count_at_threshold(zeros, off2, nn, lo, hi, pivmin, kBisectIters, thr);
   return check == splat(0.0) ? rank : splat(-1.0);
 }
 
