@@ -10,6 +10,7 @@
 // pass in "waves" in which no destination overlaps a source not yet read).
 #pragma once
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace pyprune {
@@ -27,6 +28,46 @@ struct SelectJob {
   int64_t chunk_bytes = 0;   // contiguous bytes below the last dimension
   std::vector<SelectDim> dims;
 };
+
+// One tensor of a select_channels call, described by its metadata (read from
+// torch on the Python side): the planning below turns it into a job without a
+// Python object per dimension.
+struct SelectTensor {
+  struct Sel {
+    bool on = false;                // dimension selected
+    const int64_t* keep = nullptr;  // kept channels, sorted, unique, in range (checked by the caller)
+    int64_t keep_len = 0;
+    int64_t block = 1;              // indices per channel
+  };
+  char* data = nullptr;
+  int64_t item = 0;                 // element size in bytes
+  int64_t first_pair = 0;           // first pair naming the tensor (for error messages)
+  std::vector<int64_t> sizes, strides;  // strides in elements
+  std::vector<Sel> sels;            // one per dimension
+  // Set by select_plan_tensor:
+  bool dense = false;               // non-overlapping and dense
+  std::vector<int> order;           // memory order, outermost first (valid when dense)
+  int64_t numel = 0;
+  int64_t kept_bytes = 0;           // bytes of the compacted tensor
+  std::vector<int64_t> new_sizes, new_strides;  // the compacted tensor: dense, same memory order
+};
+
+// Derives order, density, the compacted sizes and dense strides from sizes,
+// strides and sels.  With `force_order` a tensor that is not dense (possible
+// only when it is empty) gets the identity order anyway.
+void select_plan_tensor(SelectTensor& t, bool force_order = false);
+
+// Job copying the kept grid of a dense tensor to dst (== t.data: in place).
+SelectJob select_tensor_job(const SelectTensor& t, char* dst);
+
+// Checks that keep[0..n) is sorted, unique and within [0, size).  Returns
+// {0, 0} when it is; else {1, i} (keep[i] == keep[i + 1]), {2, i}
+// (keep[i] > keep[i + 1]) or {3, i} (keep[i] out of range, i == 0 or n - 1).
+std::pair<int, int64_t> select_check_keep(const int64_t* keep, int64_t n, int64_t size);
+
+// The first pairs (first_pair of two tensors) whose bytes overlap, in order of
+// start address, or {-1, -1}.  Empty tensors take no bytes.
+std::pair<int64_t, int64_t> select_first_overlap(const std::vector<SelectTensor>& tensors);
 
 // Bytes a job writes (kept elements times chunk).
 int64_t select_job_bytes(const SelectJob& job);

@@ -1,5 +1,6 @@
 #include "select/select.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -47,7 +48,10 @@ struct Cursor {
 
 // Copies chunks [t0, t1) of a job with chunk size N known at compile time
 // (N > 0) or at run time (N == 0).  The caller guarantees that no destination
-// in the range overlaps a source in the range (or one not yet read).
+// in the range overlaps a source in the range (or one not yet read).  Chunks
+// are copied in order, a row of the innermost dimension at a time: stepping
+// the cursor per chunk costs more than a small chunk's copy (a Linear's
+// columns selected one float at a time).
 template <int64_t N>
 void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1) {
   Cursor c{&job, {}, 0};
@@ -55,14 +59,35 @@ void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1) {
   const int64_t chunk = N > 0 ? N : job.chunk_bytes;
   char* dst = job.dst + t0 * chunk;
   const char* src = job.src;
-  for (int64_t t = t0; t < t1; ++t, dst += chunk) {
-    const char* s = src + c.src_off;
+  auto copy = [&](const char* s) {
     if (N > 0) {
       std::memcpy(dst, s, static_cast<size_t>(N));  // inlined as a few vector moves
     } else if (dst != s) {
       std::memcpy(dst, s, static_cast<size_t>(chunk));
     }
-    c.next();
+    dst += chunk;
+  };
+  const int last = static_cast<int>(job.dims.size()) - 1;
+  if (last < 0) {  // one chunk: the whole tensor
+    if (t0 < t1) copy(src);
+    return;
+  }
+  const SelectDim& in = job.dims[static_cast<size_t>(last)];
+  for (int64_t t = t0; t < t1;) {
+    const int64_t i0 = c.idx[last];
+    const int64_t i1 = std::min(in.keep_len, i0 + (t1 - t));
+    const char* row = src + c.src_off - c.kept(last, i0) * in.stride;
+    if (in.keep) {
+      for (int64_t i = i0; i < i1; ++i) copy(row + in.keep[i] * in.stride);
+    } else {
+      for (int64_t i = i0; i < i1; ++i) copy(row + i * in.stride);
+    }
+    t += i1 - i0;
+    if (t < t1) {  // the row is done: move to the last chunk of it, then step
+      c.idx[last] = i1 - 1;
+      c.src_off = (row - src) + c.kept(last, i1 - 1) * in.stride;
+      c.next();
+    }
   }
 }
 

@@ -44,26 +44,43 @@ void check(cudaError_t err, const char* what) {
 
 __host__ __device__ __forceinline__ int64_t records_start(int64_t jobs) { return (kHeaderWords + jobs + 1 + 1) & ~int64_t(1); }
 
-template <class W>
-__device__ __forceinline__ void copy_units(const int64_t* rec, int64_t first, int64_t step) {
+// Unit u of a job: chunk t = u / units_per_chunk, split into one index per
+// dimension (innermost last).  The index math runs in I: 32-bit unsigned when
+// the job's unit count fits (then every count below it does too), as 64-bit
+// integer division is a long instruction sequence on the GPU and this is most
+// of the work per unit; 64-bit otherwise.  Byte offsets are always 64-bit.
+template <class W, class I>
+__device__ __forceinline__ void copy_units(const int64_t* rec, I first, I step) {
   const char* src = reinterpret_cast<const char*>(rec[0]);
   W* dst = reinterpret_cast<W*>(rec[1]);
   const int nd = static_cast<int>(rec[4]);
-  const int64_t total = rec[5], upc = rec[6];
+  const I total = static_cast<I>(rec[5]), upc = static_cast<I>(rec[6]);
   const int64_t* dims = rec + 8;
-  for (int64_t u = first; u < total; u += step) {
-    int64_t t = upc == 1 ? u : u / upc;
-    const int64_t w = u - t * upc;
-    int64_t off = w * static_cast<int64_t>(sizeof(W));
+  for (I u = first; u < total; u += step) {
+    I t = upc == 1 ? u : u / upc;
+    const I w = u - t * upc;
+    int64_t off = static_cast<int64_t>(w) * static_cast<int64_t>(sizeof(W));
     for (int d = nd - 1; d >= 0; --d) {
-      const int64_t len = dims[3 * d];
-      const int64_t q = t / len;
-      const int64_t i = t - q * len;
+      const I len = static_cast<I>(dims[3 * d]);
+      const I q = t / len;
+      const I i = t - q * len;
       t = q;
       const int64_t* keep = reinterpret_cast<const int64_t*>(dims[3 * d + 2]);
-      off += (keep ? __ldg(keep + i) : i) * dims[3 * d + 1];
+      off += (keep ? __ldg(keep + i) : static_cast<int64_t>(i)) * dims[3 * d + 1];
     }
     dst[u] = *reinterpret_cast<const W*>(src + off);
+  }
+}
+
+// 32-bit index math when u + step cannot wrap: total < 2^31 and step (at most
+// kMaxBlocksPerJob * kThreads = 2^24) below 2^31 too.
+static_assert(kMaxBlocksPerJob * kThreads < (int64_t(1) << 31), "a 32-bit u + step could wrap");
+template <class W>
+__device__ __forceinline__ void copy_job(const int64_t* rec, int64_t first, int64_t step) {
+  if (rec[5] <= INT32_MAX) {
+    copy_units<W, uint32_t>(rec, static_cast<uint32_t>(first), static_cast<uint32_t>(step));
+  } else {
+    copy_units<W, int64_t>(rec, first, step);
   }
 }
 
@@ -91,11 +108,11 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const int64_t* __restr
   const int64_t first = (b - first_s) * kThreads + threadIdx.x;
   const int64_t step = nblocks_s * kThreads;
   switch (rec[3]) {
-    case 4: copy_units<uint4>(rec, first, step); break;
-    case 3: copy_units<uint2>(rec, first, step); break;
-    case 2: copy_units<uint32_t>(rec, first, step); break;
-    case 1: copy_units<uint16_t>(rec, first, step); break;
-    default: copy_units<uint8_t>(rec, first, step); break;
+    case 4: copy_job<uint4>(rec, first, step); break;
+    case 3: copy_job<uint2>(rec, first, step); break;
+    case 2: copy_job<uint32_t>(rec, first, step); break;
+    case 1: copy_job<uint16_t>(rec, first, step); break;
+    default: copy_job<uint8_t>(rec, first, step); break;
   }
 }
 

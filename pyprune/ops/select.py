@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,73 +15,60 @@ Pair = Union[Tuple[torch.Tensor, int], Tuple[torch.Tensor, int, int]]
 Keep = Union[torch.Tensor, Sequence[int], Sequence[torch.Tensor]]
 
 
-@dataclass
-class _Sel:
-    keep: torch.Tensor  # int64, CPU, sorted unique
-    block: int
+# Per distinct tensor of a call: [index, tensor, {dim: (keep, block)}, first pair].
+_Entry = list
 
 
-@dataclass
-class _Plan:
-    tensor: torch.Tensor
-    sels: Dict[int, _Sel] = field(default_factory=dict)  # dim -> selection
-    pair_ids: List[int] = field(default_factory=list)
-    order: Optional[List[int]] = None  # memory order when the tensor is dense
-
-
-def _as_index(op: str, what: str, k) -> torch.Tensor:
+def _as_index(op: str, what: str, k) -> Tuple[torch.Tensor, int, int]:
+    """(int64 CPU contiguous 1-D tensor, its data_ptr, its length) of an index set."""
     if isinstance(k, torch.Tensor):
+        if k.dtype is torch.int64 and k.is_cpu and k.dim() == 1 and k.is_contiguous():
+            return k, k.data_ptr(), k.numel()  # the common case: nothing to convert
         if k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool:
             raise TypeError(f"{op}: {what} must hold integers, got dtype {k.dtype}")
         if k.dim() != 1:
             raise ValueError(f"{op}: {what} must be 1-D, got shape {tuple(k.shape)}")
-        return k.detach().to(device="cpu", dtype=torch.int64).contiguous()
+        k = k.detach().to(device="cpu", dtype=torch.int64).contiguous()
+        return k, k.data_ptr(), k.numel()
     if isinstance(k, (list, tuple)):
         for v in k:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{op}: {what} must hold integers, got {type(v).__name__} {v!r}")
-        return torch.tensor(list(k), dtype=torch.int64)
+        k = torch.tensor(list(k), dtype=torch.int64)
+        return k, k.data_ptr(), k.numel()
     raise TypeError(f"{op}: {what} must be a 1-D integer tensor or a sequence of ints, got {type(k).__name__}")
 
 
-def _check_keep(op: str, what: str, keep: torch.Tensor, size: int) -> None:
-    if keep.numel() == 0:
+def _check_keep(op: str, what: str, keep: Tuple[torch.Tensor, int, int], size: int) -> None:
+    # The scan runs natively on the raw indices: a few torch ops per index set
+    # used to be a large part of a call's cost.
+    code, i = _C.select_check_keep(keep[1], keep[2], size)
+    if code == 0:
         return
-    if keep.numel() > 1:
-        d = keep[1:] - keep[:-1]
-        if bool((d <= 0).any()):
-            i = int((d <= 0).nonzero()[0, 0])
-            kind = "duplicate" if int(d[i]) == 0 else "unsorted"
-            raise ValueError(f"{op}: {what} must be sorted and unique, got {kind} entries "
-                             f"{int(keep[i])}, {int(keep[i + 1])} at positions {i}, {i + 1}")
-    lo, hi = int(keep[0]), int(keep[-1])
-    if lo < 0 or hi >= size:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"{op}: {what} index {bad} is out of range for {size} channels")
+    k = keep[0]
+    if code == 3:
+        raise ValueError(f"{op}: {what} index {int(k[i])} is out of range for {size} channels")
+    kind = "duplicate" if code == 1 else "unsorted"
+    raise ValueError(f"{op}: {what} must be sorted and unique, got {kind} entries "
+                     f"{int(k[i])}, {int(k[i + 1])} at positions {i}, {i + 1}")
 
 
-def _dense_layout(t: torch.Tensor) -> Optional[List[int]]:
-    """Memory order of t if it is non-overlapping and dense, else None."""
-    shape, stride = t.shape, t.stride()
-    order = sorted(range(len(shape)), key=lambda d: (-stride[d], d))
-    expected = 1
-    for d in reversed(order):
-        if shape[d] != 1 and stride[d] != expected:
-            return None
-        expected *= shape[d]
-    return order
+# The exact types the native fast path reads as tensors (subclasses take the Python path).
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def _dense_strides(sizes: Sequence[int], order: Sequence[int]) -> List[int]:
-    strides = [0] * len(sizes)
-    s = 1
-    for d in reversed(order):
-        strides[d] = s
-        s *= max(1, sizes[d])
-    return strides
+def _validate(op: str, pairs, keep, in_place: bool):
+    """Checks every argument; returns (tensors, sels, batch, device).
 
-
-def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
+    ``tensors`` are the distinct tensors of ``pairs`` in order of first
+    appearance, ``batch`` the native ``_C.SelectBatch`` of them (memory order,
+    compacted layout and job of each) and ``sels`` their selections as
+    ``{dim: (keep, block)}`` (None when the fast path served the call: only the
+    index_select fallback needs them).  The common call is checked by the
+    native fast path; anything it does not accept, every error included, goes
+    through the Python checks below, whose order decides which error a bad call
+    raises.
+    """
     if not isinstance(pairs, (list, tuple)) or (pairs and isinstance(pairs[0], torch.Tensor)):
         got = "a single (tensor, dim) pair" if isinstance(pairs, (list, tuple)) else type(pairs).__name__
         raise TypeError(f"{op}: pairs must be a list of (tensor, dim) or (tensor, dim, block), got {got}")
@@ -93,17 +78,28 @@ def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
         if len(keep) != len(pairs):
             raise ValueError(f"{op}: keep has {len(keep)} index lists for {len(pairs)} pairs")
         # A plan passes one index tensor for all pairs of a group: convert each once.
-        converted: Dict[int, torch.Tensor] = {}
+        converted: Dict[int, Tuple[torch.Tensor, int, int]] = {}
         keeps = []
         for i, k in enumerate(keep):
-            if id(k) not in converted:
-                converted[id(k)] = _as_index(op, f"keep[{i}]", k)
-            keeps.append(converted[id(k)])
+            c = converted.get(id(k))
+            if c is None:
+                c = converted[id(k)] = _as_index(op, f"keep[{i}]", k)
+            keeps.append(c)
     else:
-        shared = _as_index(op, "keep", keep)
-        keeps = [shared] * len(pairs)
+        keeps = [_as_index(op, "keep", keep)] * len(pairs)
+    batch = _C.SelectBatch.from_pairs(pairs, keeps, not per_pair, in_place, _TENSOR_TYPES)
+    if batch is not None:
+        device = batch.device()
+        if device.type == "cpu" or _native_cuda(device):
+            return batch.tensors(), None, batch, device
+    return _validate_pairs(op, pairs, keeps, per_pair, in_place)
 
-    plans: Dict[int, _Plan] = {}
+
+def _validate_pairs(op: str, pairs, keeps, per_pair: bool, in_place: bool):
+    """The Python checks of :func:`_validate`, pair by pair."""
+    entries: Dict[int, _Entry] = {}
+    metas = []  # per tensor: (data_ptr, element_size, shape, strides, first pair)
+    flat = []  # per pair: tensor index, dim, keep data_ptr, keep length, block
     checked = set()
     device = None
     channels = None
@@ -138,82 +134,47 @@ def _validate(op: str, pairs, keep, in_place: bool) -> List[_Plan]:
             elif nch != channels[1]:
                 raise ValueError(f"{op}: pairs[{i}] has {nch} channels along dim {dim} but pairs[{channels[0]}] "
                                  f"has {channels[1]}; a shared keep needs equal channel counts")
-        if (id(keeps[i]), nch) not in checked:  # each distinct index set is checked once per size
-            _check_keep(op, f"keep" if not per_pair else f"keep[{i}]", keeps[i], nch)
-            checked.add((id(keeps[i]), nch))
-        key = id(t)
-        plan = plans.setdefault(key, _Plan(tensor=t))
-        if dim in plan.sels:
-            raise ValueError(f"{op}: pairs[{i}] selects dim {dim} of a tensor that pairs[{plan.pair_ids[0]}] "
+        k = keeps[i]
+        if (id(k), nch) not in checked:  # each distinct index set is checked once per size
+            _check_keep(op, f"keep[{i}]" if per_pair else "keep", k, nch)
+            checked.add((id(k), nch))
+        e = entries.get(id(t))
+        if e is None:
+            # data_ptr of a backend without storage may raise; only CPU and CUDA
+            # tensors (and in-place overlap checks) need it.
+            ptr = t.data_ptr() if t.is_cpu or t.is_cuda or (in_place and t.numel()) else 0
+            e = entries[id(t)] = [len(metas), t, {}, i]
+            metas.append((ptr, t.element_size(), t.shape, t.stride(), i))
+        sels = e[2]
+        if dim in sels:
+            raise ValueError(f"{op}: pairs[{i}] selects dim {dim} of a tensor that pairs[{e[3]}] "
                              "already selects along that dim")
-        plan.sels[dim] = _Sel(keep=keeps[i], block=block)
-        plan.pair_ids.append(i)
+        sels[dim] = (k[0], block)
+        flat += (e[0], dim, k[1], k[2], block)
 
-    # Distinct tensors must not share memory: compacting one would corrupt the other.
-    spans = []
-    for plan in plans.values():
-        t = plan.tensor
-        plan.order = _dense_layout(t)
-        if t.numel() == 0:
-            continue
-        if in_place and plan.order is None:
-            raise ValueError(f"{op}: pairs[{plan.pair_ids[0]}] tensor (shape {tuple(t.shape)}, stride {t.stride()}) "
+    batch = _C.SelectBatch(metas, flat, keeps)
+    if in_place:
+        bad = batch.not_dense(True)
+        if bad:
+            e = list(entries.values())[bad[0]]
+            t = e[1]
+            raise ValueError(f"{op}: pairs[{e[3]}] tensor (shape {tuple(t.shape)}, stride {t.stride()}) "
                              "is not dense; in-place compaction needs a contiguous (in some dim order) tensor, "
                              "call .contiguous() first or use select_channels")
-        if in_place:
-            start = t.data_ptr()
-            spans.append((start, start + t.numel() * t.element_size(), plan.pair_ids[0]))
-    spans.sort()
-    for (s0, e0, i0), (s1, e1, i1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise ValueError(f"{op}: the tensors of pairs[{i0}] and pairs[{i1}] overlap in memory")
-    return list(plans.values())
+        # Distinct tensors must not share memory: compacting one would corrupt the other.
+        overlap = batch.overlap()
+        if overlap is not None:
+            raise ValueError(f"{op}: the tensors of pairs[{overlap[0]}] and pairs[{overlap[1]}] overlap in memory")
+    values = entries.values()
+    return [e[1] for e in values], [e[2] for e in values], batch, device
 
 
-def _job(t_src: torch.Tensor, dst_ptr: int, order: List[int], sels: Dict[int, _Sel]):
-    """Native job description of t_src (dense, memory order `order`)."""
-    item = t_src.element_size()
-    shape, strides = t_src.shape, t_src.stride()
-    dims = []  # (size, stride_bytes, keep_ptr, keep_len) in memory order
-    for d in order:
-        size, stride = shape[d], strides[d] * item
-        sel = sels.get(d)
-        if sel is None:
-            dims.append((size, stride, 0, size))
-        else:
-            nch = size // sel.block
-            dims.append((nch, stride * sel.block, sel.keep.data_ptr(), sel.keep.numel()))
-            if sel.block > 1:
-                dims.append((sel.block, stride, 0, sel.block))
-    last = max(i for i, dd in enumerate(dims) if dd[2] != 0) if any(dd[2] for dd in dims) else -1
-    chunk = item
-    for dd in dims[last + 1:]:
-        chunk *= dd[0]
-    head = dims[: last + 1]
-    # Merge neighbouring unselected dims that step like one dim.
-    merged = []
-    for dd in head:
-        if merged and merged[-1][2] == 0 and dd[2] == 0 and merged[-1][1] == dd[1] * dd[0]:
-            prev = merged[-1]
-            merged[-1] = (prev[0] * dd[0], dd[1], 0, prev[0] * dd[0])
-        else:
-            merged.append(dd)
-    return (t_src.data_ptr(), dst_ptr, chunk, merged)
-
-
-def _new_sizes(t: torch.Tensor, sels: Dict[int, _Sel]) -> List[int]:
-    sizes = list(t.shape)
-    for d, sel in sels.items():
-        sizes[d] = sel.keep.numel() * sel.block
-    return sizes
-
-
-def _fallback(t: torch.Tensor, sels: Dict[int, _Sel]) -> torch.Tensor:
+def _fallback(t: torch.Tensor, sels: Dict[int, Tuple[torch.Tensor, int]]) -> torch.Tensor:
     out = t
-    for d, sel in sels.items():
-        idx = sel.keep.to(t.device)
-        if sel.block > 1:
-            idx = (idx[:, None] * sel.block + torch.arange(sel.block, device=t.device)).reshape(-1)
+    for d, (keep, block) in sels.items():
+        idx = keep.to(t.device)
+        if block > 1:
+            idx = (idx[:, None] * block + torch.arange(block, device=t.device)).reshape(-1)
         out = out.index_select(d, idx)
     return out
 
@@ -228,50 +189,36 @@ def _cuda_runtime_ok() -> bool:
     return int(_C.cuda_device_count()) > 0
 
 
-def _cuda_launch(device: torch.device, *launches) -> None:
-    """Run each list of native jobs as one kernel launch, in order, on the current stream.
+def _cuda_launch(device: torch.device, batch, dsts: Optional[List[int]]) -> None:
+    """Compact the tensors of ``batch`` on a CUDA device, on the current stream.
 
-    The job tables (and the kept indices) of all launches go to the device in
-    one pinned, non-blocking copy; nothing here waits for the device.
+    Into ``dsts`` (one launch), or in place with ``dsts=None``: one launch
+    gathers every tensor's kept grid into a scratch buffer, a second copies
+    each block back to the front of its tensor.  Extra device memory: the
+    scratch buffer, the sum of the compacted sizes (each rounded up to 16
+    bytes), plus the job tables; both are released to torch's caching
+    allocator on return.  The job tables (and the kept indices) go to the
+    device in one pinned, non-blocking copy; nothing here waits for the device.
     """
-    launches = [jobs for jobs in launches if jobs]
-    if not launches:
-        return
     dev = device.index if device.index is not None else torch.cuda.current_device()
     with torch.cuda.device(dev):
-        words = [int(_C.select_cuda_table_words(jobs)) for jobs in launches]
-        host = torch.empty(sum(words), dtype=torch.int64, pin_memory=True)
-        table = torch.empty(sum(words), dtype=torch.int64, device=device)
-        blocks, off = [], 0
-        for jobs, w in zip(launches, words):
-            blocks.append(int(_C.select_cuda_pack(jobs, host.data_ptr() + 8 * off, table.data_ptr() + 8 * off, w)))
-            off += w
+        scratch = None
+        if dsts is None:
+            nbytes = batch.cuda_scratch_bytes()
+            if nbytes == 0:
+                return
+            scratch = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        words = batch.cuda_table_words(dsts)
+        if words == 0:
+            return
+        host = torch.empty(words, dtype=torch.int64, pin_memory=True)
+        table = torch.empty(words, dtype=torch.int64, device=device)
+        launches = batch.cuda_pack(dsts, 0 if scratch is None else scratch.data_ptr(), host.data_ptr(),
+                                   table.data_ptr(), words)
         table.copy_(host, non_blocking=True)
         stream = torch.cuda.current_stream(device).cuda_stream
-        off = 0
-        for w, nb in zip(words, blocks):
-            _C.select_cuda(table.data_ptr() + 8 * off, nb, dev, stream)
-            off += w
-
-
-def _cuda_compact_in_place(device: torch.device, items) -> None:
-    """In-place compaction of ``items`` = [(tensor, order, sels, kept_bytes)] on a CUDA device.
-
-    Two launches on the current stream: gather every tensor's kept grid into
-    one scratch buffer, then copy each block back to the front of its tensor.
-    Extra device memory: the scratch buffer, the sum of the compacted sizes
-    (each rounded up to 16 bytes), plus the job table; both are released to
-    torch's caching allocator on return.
-    """
-    offs, total = [], 0
-    for *_, nbytes in items:
-        offs.append(total)
-        total += (nbytes + 15) // 16 * 16
-    scratch = torch.empty(total, dtype=torch.uint8, device=device)
-    base = scratch.data_ptr()
-    gather = [_job(t, base + o, order, sels) for (t, order, sels, _), o in zip(items, offs)]
-    back = [(base + o, t.data_ptr(), nbytes, []) for (t, _, _, nbytes), o in zip(items, offs)]
-    _cuda_launch(device, gather, back)
+        for off, blocks in launches:
+            _C.select_cuda(table.data_ptr() + 8 * off, blocks, dev, stream)
 
 
 def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int] = None) -> List[torch.Tensor]:
@@ -306,35 +253,22 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     """
     op = "select_channels_"
     nthreads = resolve_threads(op, threads)
-    plans = _validate(op, pairs, keep, in_place=True)
-    jobs = []
-    cuda_items = []
-    updates = []
-    for plan in plans:
-        t = plan.tensor
-        sizes = _new_sizes(t, plan.sels)
-        native_cuda = t.device.type != "cpu" and _native_cuda(t.device)
-        if t.device.type != "cpu" and not native_cuda:
-            updates.append((t, None, _fallback(t, plan.sels)))
-            continue
-        order = plan.order
-        if native_cuda:
-            nbytes = math.prod(sizes) * t.element_size()
-            if t.numel() > 0 and nbytes > 0:
-                cuda_items.append((t, order, plan.sels, nbytes))
-        elif t.numel() > 0:
-            jobs.append(_job(t, t.data_ptr(), order, plan.sels))
-        updates.append((t, (sizes, _dense_strides(sizes, order)), None))
-    if jobs:
-        _C.select_cpu(jobs, nthreads)
-    if cuda_items:
-        _cuda_compact_in_place(cuda_items[0][0].device, cuda_items)
-    with torch.no_grad():
-        for t, layout, new in updates:
-            if new is not None:
+    tensors, sels, batch, device = _validate(op, pairs, keep, in_place=True)
+    if not tensors:
+        return []
+    if device.type == "cpu":
+        batch.run_cpu(None, nthreads)
+    elif _native_cuda(device):
+        _cuda_launch(device, batch, None)
+    else:
+        news = [_fallback(t, s) for t, s in zip(tensors, sels)]
+        with torch.no_grad():
+            for t, new in zip(tensors, news):
                 t.set_(new)
-            else:
-                t.set_(t.untyped_storage(), t.storage_offset(), layout[0], layout[1])
+        return [p[0] for p in pairs]
+    with torch.no_grad():
+        for t, (sizes, strides) in zip(tensors, batch.layouts()):
+            t.set_(t.untyped_storage(), t.storage_offset(), sizes, strides)
     return [p[0] for p in pairs]
 
 
@@ -349,27 +283,23 @@ def select_channels(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int]
     """
     op = "select_channels"
     nthreads = resolve_threads(op, threads)
-    plans = _validate(op, pairs, keep, in_place=False)
-    jobs = []
-    cuda_jobs = []
-    results: Dict[int, torch.Tensor] = {}
-    keepalive = []
-    for plan in plans:
-        t = plan.tensor
-        sizes = _new_sizes(t, plan.sels)
-        native_cuda = t.device.type != "cpu" and _native_cuda(t.device)
-        if t.device.type != "cpu" and not native_cuda:
-            results[id(t)] = _fallback(t, plan.sels)
-            continue
-        src = t if plan.order is not None else t.contiguous()
-        order = plan.order if plan.order is not None else _dense_layout(src)
-        out = torch.empty_strided(sizes, _dense_strides(sizes, order), dtype=t.dtype, device=t.device)
-        if out.numel() > 0:
-            (cuda_jobs if native_cuda else jobs).append(_job(src, out.data_ptr(), order, plan.sels))
+    tensors, sels, batch, device = _validate(op, pairs, keep, in_place=False)
+    if not tensors:
+        return []
+    if device.type != "cpu" and not _native_cuda(device):
+        outs = [_fallback(t, s) for t, s in zip(tensors, sels)]
+    else:
+        keepalive = []
+        for i in batch.not_dense(False):  # the kernel reads dense sources
+            src = tensors[i].contiguous()
+            batch.set_source(i, src.data_ptr(), src.stride())
             keepalive.append(src)
-        results[id(t)] = out
-    if jobs:
-        _C.select_cpu(jobs, nthreads)
-    if cuda_jobs:
-        _cuda_launch(plans[0].tensor.device, cuda_jobs)
-    return [results[id(p[0])] for p in pairs]
+        outs = [torch.empty_strided(sizes, strides, dtype=t.dtype, device=device)
+                for t, (sizes, strides) in zip(tensors, batch.layouts())]
+        dsts = [out.data_ptr() for out in outs]
+        if device.type == "cpu":
+            batch.run_cpu(dsts, nthreads)
+        else:
+            _cuda_launch(device, batch, dsts)
+    index = {id(t): i for i, t in enumerate(tensors)}
+    return [outs[index[id(p[0])]] for p in pairs]

@@ -3,6 +3,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from pyprune import _C
+from pyprune.ops import select as select_mod
 from pyprune.ops import select_channels, select_channels_
 
 
@@ -159,6 +161,29 @@ def test_random_selections_match_index_select(case):
     ptr = t.data_ptr()
     select_channels_(pairs, keeps)
     assert torch.equal(t, expect) and (t.numel() == 0 or t.data_ptr() == ptr)
+
+
+@given(selection_cases())
+@settings(max_examples=100)
+def test_native_fast_path_matches_python_checks(case):
+    # A call's batch comes from SelectBatch.from_pairs when that accepts the
+    # pairs, else from the Python checks: both must describe the same work.
+    shape, sels, fmt, dtype = case
+    t = torch.zeros(shape, dtype=dtype)
+    if fmt == "channels_last" and len(shape) == 4:
+        t = t.to(memory_format=torch.channels_last)
+    elif fmt == "permuted" and len(shape) > 1:
+        t = t.transpose(0, -1).contiguous().transpose(0, -1)
+    other = torch.zeros(3, *shape[1:], dtype=dtype)  # a second tensor, dim 0 selected
+    pairs = [(t, d, b) for d, (_, b) in sels.items()] + [(other, 0)]
+    keeps = [select_mod._as_index("op", "keep", k) for k in [k for k, _ in sels.values()] + [[2]]]
+    for in_place in (True, False):
+        fast = _C.SelectBatch.from_pairs(pairs, keeps, False, in_place, select_mod._TENSOR_TYPES)
+        tensors, _, slow, _ = select_mod._validate_pairs("op", pairs, keeps, True, in_place)
+        assert fast is not None
+        assert len(fast.tensors()) == len(tensors) and all(a is b for a, b in zip(fast.tensors(), tensors))
+        assert fast.layouts() == slow.layouts()
+        assert fast.not_dense(False) == slow.not_dense(False)
 
 
 def test_out_of_place_leaves_inputs_and_accepts_any_strides():
