@@ -154,7 +154,7 @@ def _norm_dim(d: int, ndim: int) -> int:
 
 def _conv(ctx: Context, node: fx.Node, m: nn.modules.conv._ConvNd) -> Result:
     name = _qual(node)
-    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    x = ctx.info(_arg(node, 0, "input"))
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
     in_dim_w, out_dim_w = (0, 1) if transposed else (1, 0)
     if x is not None and x.dim != 1:
@@ -208,10 +208,11 @@ def _conv(ctx: Context, node: fx.Node, m: nn.modules.conv._ConvNd) -> Result:
 
 def _linear(ctx: Context, node: fx.Node, m: nn.Linear) -> Result:
     name = _qual(node)
-    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    src = _arg(node, 0, "input")
+    x = ctx.info(src)
     shape = ctx.shape(node)
     if x is not None:
-        in_shape = ctx.shape(node.args[0])
+        in_shape = ctx.shape(src)
         if in_shape is None or x.dim != len(in_shape) - 1:
             ctx.freeze(x, f"{name}: linear layer applied to a dim that is not the channel dim")
         else:
@@ -233,7 +234,7 @@ def _linear(ctx: Context, node: fx.Node, m: nn.Linear) -> Result:
 def _norm(ctx: Context, node: fx.Node, m: nn.Module) -> Result:
     """BatchNorm / InstanceNorm: per-channel parameters and running statistics."""
     name = _qual(node)
-    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    x = ctx.info(_arg(node, 0, "input"))
     if x is None:
         return None
     if x.dim != 1:
@@ -287,7 +288,7 @@ def _passthrough(ctx: Context, node: fx.Node, target: Any) -> Result:
 
 def _spatial(ctx: Context, node: fx.Node, target: Any) -> Result:
     """Pooling / resizing: act on the trailing spatial dims, channels stay on dim 1."""
-    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    x = ctx.info(_arg(node, 0, "input"))
     if x is None:
         return None
     shape = ctx.shape(node)
@@ -305,7 +306,7 @@ def _no_tensor(ctx: Context, node: fx.Node, target: Any) -> Result:
 
 
 def _softmax(ctx: Context, node: fx.Node, target: Any) -> Result:
-    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
+    x = ctx.info(_arg(node, 0, "input"))
     if x is None:
         return None
     if isinstance(target, nn.Module):
@@ -480,7 +481,7 @@ def _reshape_rule(ctx: Context, node: fx.Node, x: ChannelInfo, in_shape, out_sha
 
 
 def _reshape(ctx: Context, node: fx.Node, target: Any) -> Result:
-    src = node.args[0] if node.args else node.kwargs.get("input")
+    src = _arg(node, 0, "input")
     x = ctx.info(src)
     if x is None:
         return None
@@ -531,7 +532,7 @@ def _expand_as(ctx: Context, node: fx.Node, target: Any) -> Result:
 
 
 def _permute(ctx: Context, node: fx.Node, target: Any) -> Result:
-    src = node.args[0] if node.args else node.kwargs.get("input")
+    src = _arg(node, 0, "input")
     x = ctx.info(src)
     if x is None:
         return None
@@ -563,7 +564,7 @@ def _permute(ctx: Context, node: fx.Node, target: Any) -> Result:
 
 
 def _reduce(ctx: Context, node: fx.Node, target: Any) -> Result:
-    src = node.args[0] if node.args else node.kwargs.get("input")
+    src = _arg(node, 0, "input")
     x = ctx.info(src)
     if x is None:
         return None
