@@ -19,6 +19,8 @@ from typing import List
 import torch
 from torch import nn
 
+from ._init import init_weights
+
 __all__ = ["DenseLayer", "Transition", "DenseNet", "densenet40"]
 
 
@@ -86,14 +88,7 @@ class DenseNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="zero_bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

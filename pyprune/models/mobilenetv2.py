@@ -20,6 +20,8 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ._init import init_weights
+
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenetv2"]
 
 # expansion t, output channels c, repeats n, stride of the first block s
@@ -104,15 +106,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(self.last_channel, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="normal")  # (its Kaiming default gain, leaky_relu a=0, is ReLU's)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

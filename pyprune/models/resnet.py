@@ -34,6 +34,8 @@ from typing import List
 import torch
 from torch import nn
 
+from ._init import init_weights
+
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet56", "resnet110"]
 
 
@@ -92,12 +94,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(64, n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="default")
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers: List[nn.Module] = []

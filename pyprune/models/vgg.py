@@ -37,6 +37,8 @@ from typing import Dict, List, Sequence, Union
 import torch
 from torch import nn
 
+from ._init import init_weights
+
 __all__ = ["VGG", "VGG_CONFIGS", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
 
 _Cfg = Sequence[Union[int, str]]
@@ -91,18 +93,7 @@ class VGG(nn.Module):
             ("relu1", nn.ReLU(inplace=True)),
             ("linear2", nn.Linear(hidden, num_classes)),
         ]))
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear="normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
