@@ -35,6 +35,20 @@ constexpr int kRounds = NB == 8 ? 6 : (NB == 16 ? 5 : 4);
 static_assert(9.0 * 9 * 9 * 9 * 9 * 9 >= 262144.0 && 17.0 * 17 * 17 * 17 * 17 >= 262144.0 &&
               33.0 * 33 * 33 * 33 >= 262144.0, "kRounds too small");
 
+// Where value t (0 .. 7) of a lane goes in a stage: which matrix of the warp
+// (the same for every lane: a segment's 8 * NB values are a multiple of 32),
+// and its row and column there, with consecutive lanes on the unit-stride side.
+struct StagePos {
+  int seg, row, col;
+};
+template <int NB>
+__device__ __forceinline__ StagePos stage_pos(int t, int lane, bool cols_fast) {
+  constexpr int kPerSeg = kStageRows * NB;
+  const int s = (t * 32) / kPerSeg;
+  const int w = t * 32 + lane - s * kPerSeg;
+  return cols_fast ? StagePos{s, w / NB, w % NB} : StagePos{s, w % kStageRows, w / kStageRows};
+}
+
 template <int NB>
 __device__ __forceinline__ double seg_sum(double x) {
 #pragma unroll
@@ -83,35 +97,27 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, NB == 32 ? 4 : (NB == 16 
 #pragma unroll
     for (int c = 0; c < NB; ++c) g[c] = 0.0;
     // The stage holds rows r0 .. r0+7 of each matrix of the warp (256 values,
-    // 8 per lane).  (Issuing the next stage's loads before consuming this one
-    // needs 8 more registers; at NB = 32 that cost a block per SM and measured
-    // 25% slower on an H200, and no faster at NB <= 16.)
+    // 8 per lane): all 8 loads are issued before the first store.  (Issuing
+    // the next stage's loads too needs 8 more registers; at NB = 32 that cost
+    // a block per SM and measured 25% slower on an H200, and no faster below.)
     constexpr int kLoads = kStageRows * NB * MPW / 32;
-    constexpr int kPerSeg = kStageRows * NB;
     int64_t seg_off[MPW];
 #pragma unroll
     for (int s = 0; s < MPW; ++s) seg_off[s] = __shfl_sync(kFull, my_off, s * NB);
-    T pre[kLoads];
-    auto load_stage = [&](int r0) {
-#pragma unroll
-      for (int t = 0; t < kLoads; ++t) {
-        const int s = (t * 32) / kPerSeg;  // the same for every lane (kPerSeg is a multiple of 32)
-        const int w = t * 32 + lane - s * kPerSeg;
-        const int r = r0 + (cols_fast ? w / NB : w % kStageRows);
-        const int cc = cols_fast ? w % NB : w / kStageRows;
-        pre[t] = (r < m && cc < n && b0 + s < a.nmat) ? static_cast<const T*>(a.data)[seg_off[s] + r * a.sr + cc * a.sc]
-                                                      : T{};
-      }
-    };
     for (int r0 = 0; r0 < m; r0 += kStageRows) {
-      load_stage(r0);
+      T pre[kLoads];
 #pragma unroll
       for (int t = 0; t < kLoads; ++t) {
-        const int s = (t * 32) / kPerSeg;
-        const int w = t * 32 + lane - s * kPerSeg;
-        const int rr = cols_fast ? w / NB : w % kStageRows;
-        const int cc = cols_fast ? w % NB : w / kStageRows;
-        xs[s * SEG_X + rr * NB + cc] = to_double(pre[t]);
+        const StagePos q = stage_pos<NB>(t, lane, cols_fast);
+        const int r = r0 + q.row;
+        pre[t] = (r < m && q.col < n && b0 + q.seg < a.nmat)
+                     ? static_cast<const T*>(a.data)[seg_off[q.seg] + r * a.sr + q.col * a.sc]
+                     : T{};
+      }
+#pragma unroll
+      for (int t = 0; t < kLoads; ++t) {
+        const StagePos q = stage_pos<NB>(t, lane, cols_fast);
+        xs[q.seg * SEG_X + q.row * NB + q.col] = to_double(pre[t]);
       }
       __syncwarp();
 #pragma unroll
