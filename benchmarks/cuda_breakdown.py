@@ -25,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, print_table, write_json  # noqa: E402
+from _common import machine, median_time, print_table, write_json  # noqa: E402
 from bench_rank import CIFAR, IMAGENET  # noqa: E402
 
 import pyprune  # noqa: E402
@@ -45,17 +45,6 @@ def burst(fn, n):
     return host, start.elapsed_time(end) / 1e3 / n
 
 
-def synced(fn, runs=21):
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", default="float32")
@@ -72,10 +61,8 @@ def main(argv=None) -> int:
     for shape in CIFAR + IMAGENET:
         x = torch.randn(*shape, device="cuda").to(dtype)
         mr = pyprune.ops.matrix_rank
-        for _ in range(3):
-            mr(x)
-        call = synced(lambda: mr(x))
-        asyn = synced(lambda: mr(x, check_finite=False))
+        call = median_time(lambda: mr(x), device="cuda", runs=21, warmup=3)
+        asyn = median_time(lambda: mr(x, check_finite=False), device="cuda", runs=21, warmup=3)
         host, dev = burst(lambda: mr(x, check_finite=False), args.burst)
         rec = {"op": "matrix_rank", "shape": list(shape), "dtype": args.dtype, "warp_path": warp,
                "call_s": call, "async_s": asyn, "host_s": host, "device_s": dev}
