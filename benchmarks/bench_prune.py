@@ -2,7 +2,7 @@
 
 For each model, on a fresh copy each run (the copy is not timed):
 
-* pyprune: ``build_graph`` (torch.fx tracing) + L1 scores + plan + ``apply_plan``
+* pyprune: ``build_graph`` (eager tracing, the default) + L1 scores + plan + ``apply_plan``
   (one batched ``select_channels_`` call), i.e. what ``pyprune.prune(model, x, "l1", 0.5)``
   does, with the graph and surgery phases also reported on their own;
 * Torch-Pruning: ``tp.pruner.MetaPruner`` construction (its dependency graph) +

@@ -24,7 +24,7 @@ from .surgery import apply_plan
 __all__ = ["prune", "scores", "save", "load", "profile"]
 
 _PLAN_OPTIONS = set(PlanConfig.field_names()) - {"ratio", "ignore"}
-_GRAPH_OPTIONS = {"leaf_modules", "shapes"}
+_GRAPH_OPTIONS = {"leaf_modules", "shapes", "tracer"}
 _SURGERY_OPTIONS = {"optimizer", "backup"}
 
 
@@ -52,7 +52,7 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", ratio: floa
 
     ``options`` may hold :class:`~pyprune.plan.PlanConfig` fields (``layer_ratios``,
     ``global_ratio``, ``normalize``, ``min_channels``, ``round_to``, ``reduce``),
-    ``optimizer`` (its state is pruned too), ``backup`` (surgery), ``leaf_modules`` and
+    ``optimizer`` (its state is pruned too), ``backup`` (surgery), ``leaf_modules``, ``tracer`` and
     ``shapes`` (graph), and options of the criterion ``method`` (e.g. ``seed``).
     """
     criteria.get(method)

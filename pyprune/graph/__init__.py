@@ -1,15 +1,25 @@
 """Channel dependency graph: which channels of a model must be pruned together.
 
-The graph is found by **torch.fx symbolic tracing** (``torch.fx.Tracer``) followed by
-one shape-propagation run on the example inputs.  Each traced op is interpreted by a
-handler from :data:`HANDLERS` (a dict keyed by module class, function or
-``"method:<name>"``).  Supported structures: conv -> BN -> activation chains, residual
+The graph is found by **tracing** the model on the example inputs, in one of two
+ways (``build_graph(..., tracer=)``):
+
+* **eager** (the default): one forward pass under a ``TorchFunctionMode`` records every
+  torch function, tensor method and ``torch.nn`` layer call with its real shapes
+  (convolutions and linear layers are not computed: shapes only);
+* **torch.fx** symbolic tracing (``torch.fx.Tracer``) plus one shape-propagation run,
+  used automatically when the forward pass branches on tensor values (``if x.sum() >
+  0``), which an eager trace would see one side of; fx keeps such a submodule whole.
+
+Both give the same node list (:class:`~pyprune.graph._core.Node`, the fields of an
+``fx.Node``), and each op is interpreted by a handler from :data:`HANDLERS` (a dict
+keyed by module class, function or ``"method:<name>"``).  Supported structures: conv -> BN -> activation chains, residual
 adds (identity or 1x1-conv shortcuts), ``torch.cat`` along channels, depthwise convs,
 ``ConvTranspose``, ``Linear`` after flatten or global pooling, Linear -> Linear,
 channel-wise products (squeeze-and-excitation), modules called more than once.
 
 Anything the graph does not understand (a reshape that mixes channels, a custom op,
-a grouped conv, a submodule fx cannot trace) makes the channels it touches
+a grouped conv, a submodule fx cannot trace, an op the eager trace cannot see into such as
+a TorchScript module, which is kept whole) makes the channels it touches
 unprunable, with a reason shown by :meth:`DependencyGraph.explain`: the graph never
 produces a plan that would give a wrong model.
 

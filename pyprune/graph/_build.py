@@ -1,14 +1,17 @@
-"""Build a :class:`DependencyGraph` by torch.fx symbolic tracing."""
+"""Build a :class:`DependencyGraph`: trace the model (eagerly, or with torch.fx), then
+let a handler interpret each traced op."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import fx
 
-from ._core import AttrMember, GraphState, TensorMember, find_root
+from ._core import AttrMember, GraphState, Node, TensorMember, TensorShape, find_root, map_nodes
+from ._eager import DataDependent, NeedsValues, trace_eager
 from .handlers import Context, _elementwise, lookup, unknown
 
 __all__ = ["GraphError", "Group", "DependencyGraph", "build_graph"]
@@ -91,87 +94,102 @@ class _Tracer(fx.Tracer):
             return super().call_module(m, forward, args, kwargs)
 
 
+def _number_channels(state: GraphState) -> Tuple[np.ndarray, np.ndarray, List[int]]:
+    """Number the channels: ``(flat, gid, sizes)`` with, per element, its flat channel
+    index (``group offset + channel``) and group id, and each group's size.
+
+    A channel is a union-find class of elements; a group is a class of channels that
+    share a producer (a space) or are united.  Groups are numbered in the order of
+    their first element, channels within a group in the order of their first element
+    (elements are numbered space after space, so this is the producers' order).
+    """
+    n = len(state.parent)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), []
+    roots = np.asarray(state.parent, dtype=np.int64)
+    while True:  # pointer jumping to the roots
+        nxt = roots[roots]
+        if np.array_equal(nxt, roots):
+            break
+        roots = nxt
+    lens = [len(elems) for _, elems in state.spaces]
+    space_of = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    # spaces joined by a united element pair belong to one group (union-find on spaces)
+    a, b = space_of, space_of[roots]
+    pairs = np.unique(np.stack([a[a != b], b[a != b]], 1), axis=0).tolist()
+    sparent = list(range(len(lens)))
+    for x, y in pairs:
+        rx, ry = find_root(sparent, x), find_root(sparent, y)
+        if rx != ry:
+            sparent[max(rx, ry)] = min(rx, ry)
+    sroot = np.asarray([find_root(sparent, i) for i in range(len(lens))], dtype=np.int64)
+    key = sroot[space_of]  # group key per element
+    ukeys, kfirst = np.unique(key, return_index=True)
+    gid_of_key = np.empty(len(lens), dtype=np.int64)
+    gid_of_key[ukeys[np.argsort(kfirst, kind="stable")]] = np.arange(len(ukeys))
+    gid = gid_of_key[key]
+    uroots, rfirst = np.unique(roots, return_index=True)
+    order = np.argsort(rfirst, kind="stable")
+    rs, rg = uroots[order], gid[rfirst[order]]  # channels by first element, and their group
+    sizes = np.bincount(rg, minlength=len(ukeys))
+    by_group = np.argsort(rg, kind="stable")
+    flat_of_root = np.empty(n, dtype=np.int64)
+    flat_of_root[rs[by_group]] = np.arange(len(rs), dtype=np.int64)
+    return flat_of_root[roots], gid, sizes.tolist()
+
+
 class DependencyGraph:
-    """Groups of coupled channels of a model, found by torch.fx symbolic tracing.
+    """Groups of coupled channels of a model, found by tracing it.
 
     Build one with :func:`build_graph`.  ``groups`` lists every group; a group is
     prunable unless something the graph does not understand touches its channels,
-    in which case :meth:`explain` says why.
+    in which case :meth:`explain` says why.  ``tracer`` says how the model was traced
+    (``"eager"`` or ``"fx"``), ``nodes`` lists the traced ops (shapes in
+    ``node.meta["tensor_meta"]``) and ``fx_graph`` is the torch.fx graph when fx traced.
     """
 
     def __init__(self, model: nn.Module, state: GraphState, fallbacks: Dict[str, str],
-                 fx_graph: fx.Graph) -> None:
+                 nodes: List[Node], tracer: str, fx_graph: Optional[fx.Graph] = None,
+                 why_fx: Optional[str] = None) -> None:
         self._model_ref = model
-        self.fx_graph = fx_graph  # the traced torch.fx graph (shapes in node.meta)
+        self.nodes = nodes
+        self.tracer = tracer
+        self.fx_graph = fx_graph
+        self.why_fx = why_fx  # why the eager trace was not used, if it was tried
         self.fallbacks = dict(fallbacks)
         self.tensor_members: List[TensorMember] = list(state.tensor_members.values())
         self.attr_members: List[AttrMember] = list(state.attr_members.values())
-        n = len(state.parent)
-        roots = [state.find(e) for e in range(n)]
-        # group-level union-find: channels of one producer belong to one group
-        gparent = list(roots)
-
-        def gfind(e: int) -> int:
-            return find_root(gparent, e)
-
-        for _, elems in state.spaces:
-            if elems:
-                a = gfind(elems[0])
-                for e in elems[1:]:
-                    b = gfind(e)
-                    if a != b:
-                        gparent[b] = a
-                        a = gfind(a)
-        gid_of_groot: Dict[int, int] = {}
-        channels: List[List[int]] = []
-        pos_of_root: Dict[int, int] = {}
-        for _, elems in state.spaces:
-            for e in elems:
-                r = roots[e]
-                if r in pos_of_root:
-                    continue
-                g = gfind(e)
-                gid = gid_of_groot.setdefault(g, len(channels))
-                if gid == len(channels):
-                    channels.append([])
-                pos_of_root[r] = len(channels[gid])
-                channels[gid].append(r)
+        flat, gid_of, sizes = _number_channels(state)
         self.groups: List[Group] = []
         offset = 0
-        for gid, ch in enumerate(channels):
-            self.groups.append(Group(gid, len(ch), offset))
-            offset += len(ch)
+        for gid, size in enumerate(sizes):
+            self.groups.append(Group(gid, size, offset))
+            offset += size
         self.num_channels = offset
-        flat = [0] * n
-        gid_of = [0] * n
-        for e in range(n):
-            g = gid_of_groot[gfind(e)]
-            gid_of[e] = g
-            flat[e] = self.groups[g].offset + pos_of_root[roots[e]]
-        self._flat = torch.tensor(flat, dtype=torch.int64)
+        self._flat = torch.from_numpy(flat)
         self._index_cache: Dict[int, Tuple[Any, int]] = {}
         self._map_ids: Dict[Tuple[int, ...], int] = {}
         self._maps: List[torch.Tensor] = []
-        self._gid = torch.tensor(gid_of, dtype=torch.int64)
-        self.channel_group = torch.empty(self.num_channels, dtype=torch.int64)
-        for g in self.groups:
-            self.channel_group[g.offset:g.offset + g.size] = g.id
+        self._gid = torch.from_numpy(gid_of)
+        self.channel_group = torch.repeat_interleave(
+            torch.arange(len(sizes), dtype=torch.int64), torch.tensor(sizes, dtype=torch.int64))
+        gid_list = gid_of.tolist()
         # unprunable channels
         for name, why in state.opaque_tensors.items():
             for m in self.tensor_members:
                 if m.name == name:
                     state.freeze(m.elems, why)
         for e, reasons in state.frozen.items():
-            grp = self.groups[gid_of[e]]
+            grp = self.groups[gid_list[e]]
             for r in reasons:
                 if r not in grp.reasons:
                     grp.reasons.append(r)
         for m in self.tensor_members:
-            for g in sorted({gid_of[e] for e in m.elems}):
+            for g in sorted({gid_list[e] for e in m.elems}):
                 self.groups[g].members.append(m)
         self.out_maps: Dict[str, Tuple[List[int], int]] = dict(state.out_maps)
         for name, (elems, _) in self.out_maps.items():
-            for g in sorted({gid_of[e] for e in elems}):
+            for g in sorted({gid_list[e] for e in elems}):
                 if name not in self.groups[g].producers:
                     self.groups[g].producers.append(name)
 
@@ -269,6 +287,8 @@ class DependencyGraph:
                 lines.append(f"  members: {mem}")
             for r in g.reasons:
                 lines.append(f"  reason: {r}")
+        if self.why_fx is not None:
+            lines.append(f"traced with torch.fx: {self.why_fx}")
         for path, err in self.fallbacks.items():
             lines.append(f"opaque module {path} (fx could not trace it: {err})")
         return "\n".join(lines)
@@ -285,14 +305,6 @@ def _as_tuple(example_inputs: Any) -> Tuple[Any, ...]:
         return tuple(example_inputs)
     raise TypeError("example_inputs must be a Tensor or a tuple of positional inputs, got "
                     f"{type(example_inputs).__name__}")
-
-
-@dataclass(frozen=True)
-class TensorShape:
-    """What the graph records of a traced tensor value (``node.meta["tensor_meta"]``)."""
-
-    shape: Tuple[int, ...]
-    dtype: torch.dtype
 
 
 class _ShapeProp(fx.Interpreter):
@@ -344,29 +356,42 @@ def _propagate_shapes(graph: fx.Graph, model: nn.Module, inputs: Tuple[Any, ...]
 
 def build_graph(model: nn.Module, example_inputs: Any, *,
                 leaf_modules: Iterable[Union[str, type]] = (),
-                shapes: str = "auto") -> DependencyGraph:
-    """Trace ``model`` with torch.fx and find its groups of coupled channels.
+                shapes: str = "auto", tracer: str = "auto") -> DependencyGraph:
+    """Trace ``model`` and find its groups of coupled channels.
 
     ``example_inputs`` (a tensor or a tuple of positional inputs) is run once through
-    the traced graph, in eval mode and without gradients, to learn every tensor's
-    shape; the model is not changed.  ``leaf_modules`` (classes or qualified names)
-    are not traced into: their channels are kept whole.  A submodule that fx cannot
-    trace (data-dependent control flow, ...) is made such an opaque leaf automatically;
-    if the model itself cannot be traced, :class:`GraphError` is raised.
+    the model, in eval mode and without gradients; the model is not changed.
+    ``leaf_modules`` (classes or qualified names) are not traced into: their channels
+    are kept whole.
 
-    ``shapes``: how tensor shapes are learnt: ``"real"`` (one forward pass),
-    ``"fake"`` (fake tensors: shapes only, no arithmetic, for large models; falls back
-    to a real pass if an op has no fake implementation) or ``"auto"`` (fake above
-    :data:`FAKE_SHAPES_ABOVE` parameters).
+    ``tracer``: ``"eager"`` records the ops of that one forward pass (a
+    ``TorchFunctionMode`` plus module hooks; see :mod:`pyprune.graph._eager`);
+    ``"fx"`` traces symbolically with torch.fx and then runs the traced graph for the
+    shapes; a submodule fx cannot trace becomes an opaque leaf.  ``"auto"`` (default)
+    traces eagerly unless the forward pass turns a tensor value into a Python value
+    outside a ``torch.nn`` layer (``if x.sum() > 0``, ``x.item()``): such control flow
+    can take another path on other data, so fx, which keeps that code whole, is used
+    (``graph.why_fx`` says why).  ``graph.tracer`` says which was used.  If the model
+    itself cannot be traced, :class:`GraphError` is raised.
+
+    ``shapes``: how tensor shapes are learnt.  ``"real"``: every op is computed.
+    ``"fake"``: fake tensors (shapes only, for large models; falls back to a real pass
+    if an op has no fake implementation).  ``"auto"``: with the eager tracer,
+    convolutions and linear layers are not computed (their outputs are zeros of the
+    shape torch gives; anything else, or a data-dependent-shape op such as
+    ``nonzero`` met outside a layer, makes it trace again with ``"real"``); with fx,
+    fake tensors above :data:`FAKE_SHAPES_ABOVE` parameters, a real pass below.
     """
     if shapes not in ("auto", "real", "fake"):
         raise ValueError(f"shapes must be 'auto', 'real' or 'fake', got {shapes!r}")
+    if tracer not in ("auto", "eager", "fx"):
+        raise ValueError(f"tracer must be 'auto', 'eager' or 'fx', got {tracer!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     inputs = _as_tuple(example_inputs)
     before = set(model.__dict__)
     try:
-        return _build(model, inputs, leaf_modules, shapes)
+        return _build(model, inputs, list(leaf_modules), shapes, tracer)
     finally:
         # fx stores tensor constants met while tracing on the root module
         # (``_tensor_constant0``...): the graph must leave the model as it was
@@ -374,50 +399,137 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
             del model.__dict__[key]
 
 
-def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: Iterable[Union[str, type]],
-           shapes: str) -> DependencyGraph:
-    tracer = _Tracer(list(leaf_modules))
+def _run_eager(model: nn.Module, inputs: Tuple[Any, ...], modules: Dict[str, nn.Module],
+               leaf_modules: List[Any], param_names: Dict[int, str],
+               shapes: str) -> List[Node]:
+    """Eager trace under ``shapes``; raises DataDependent, or GraphError when the model
+    does not run on the inputs."""
+    if shapes == "auto":
+        try:
+            return trace_eager(model, inputs, modules, leaf_modules, param_names, True)
+        except DataDependent:
+            raise
+        except Exception:  # noqa: BLE001 - NeedsValues, or skipped arithmetic upset an op
+            shapes = "real"
+    if shapes == "fake":
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with mode:
+                fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
+                             for t in inputs)
+                return trace_eager(model, fake, modules, leaf_modules, param_names, False)
+        except DataDependent:
+            raise
+        except Exception:  # noqa: BLE001 - ops without fake kernels: run for real
+            pass
+    try:
+        return trace_eager(model, inputs, modules, leaf_modules, param_names, False)
+    except DataDependent:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise GraphError(f"running the model on example_inputs failed: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+def _from_fx(graph: fx.Graph) -> List[Node]:
+    ir: Dict[fx.Node, Node] = {}
+
+    def conv(a: Any) -> Any:
+        return ir[a] if isinstance(a, fx.Node) else a
+
+    for n in graph.nodes:
+        ir[n] = Node(n.op, n.target, map_nodes(tuple(n.args), conv),
+                     map_nodes(dict(n.kwargs), conv), n.name, n.meta)
+    return list(ir.values())
+
+
+def _trace_fx(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
+              shapes: str, why: Optional[str]) -> Tuple[fx.Graph, Dict[str, str]]:
+    tracer = _Tracer(leaf_modules)
     try:
         graph = tracer.trace(model)
     except Exception as e:  # noqa: BLE001
+        first = "" if why is None else (
+            f"{type(model).__name__}.forward cannot be traced eagerly ({why}), so ")
         raise GraphError(
-            "pyprune finds coupled channels by torch.fx symbolic tracing, and tracing "
-            f"{type(model).__name__}.forward failed: {type(e).__name__}: {e}. Move the "
-            "untraceable code into a submodule (it is then kept whole) or pass "
+            f"{first}pyprune finds coupled channels by torch.fx symbolic tracing, and "
+            f"tracing {type(model).__name__}.forward failed: {type(e).__name__}: {e}. "
+            "Move the untraceable code into a submodule (it is then kept whole) or pass "
             "leaf_modules=...") from e
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
-            _propagate_shapes(graph, model, inputs, shapes)
+        _propagate_shapes(graph, model, inputs, shapes)
     except Exception as e:  # noqa: BLE001
         raise GraphError(f"running the traced model on example_inputs failed: "
                          f"{type(e).__name__}: {e}") from e
+    return graph, tracer.fallbacks
+
+
+def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
+           shapes: str, tracer: str) -> DependencyGraph:
+    # one walk over the modules: every qualified name of every module, parameter and
+    # buffer, and each tensor's canonical name (its first, as named_parameters() gives)
+    modules: Dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
+    param_names: Dict[int, str] = {}
+    buffer_names: Dict[int, str] = {}
+    tensors_by_name: Dict[str, torch.Tensor] = {}
+    for mname, mod in modules.items():
+        prefix = mname + "." if mname else ""
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                tensors_by_name[prefix + pname] = p
+                param_names.setdefault(id(p), prefix + pname)
+        for bname, b in mod._buffers.items():
+            if b is not None:
+                tensors_by_name[prefix + bname] = b
+                buffer_names.setdefault(id(b), prefix + bname)
+    for k, v in buffer_names.items():
+        param_names.setdefault(k, v)
+    nodes: Optional[List[Node]] = None
+    fx_graph: Optional[fx.Graph] = None
+    fallbacks: Dict[str, str] = {}
+    why: Optional[str] = None
+    modes = {m: m.training for m in modules.values()}
+    try:
+        if any(modes.values()):
+            model.eval()
+        with torch.no_grad():
+            if tracer != "fx":
+                try:
+                    nodes = _run_eager(model, inputs, modules, leaf_modules, param_names,
+                                       shapes)
+                except DataDependent as e:
+                    why = f"its control flow depends on tensor values: {e}"
+                    if tracer == "eager":
+                        raise GraphError(
+                            f"{type(model).__name__} cannot be traced eagerly: {why}; "
+                            "another input could take another path. Use tracer='fx' or "
+                            "'auto' (fx keeps such code whole)") from e
+            if nodes is None:
+                fx_graph, fallbacks = _trace_fx(model, inputs, leaf_modules,
+                                                "auto" if shapes == "auto" else shapes, why)
+                nodes = _from_fx(fx_graph)
     finally:
         for m, mode in modes.items():
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
     state = GraphState()
-    param_names: Dict[int, str] = {}
-    for name, p in model.named_parameters():
-        param_names.setdefault(id(p), name)
-    for name, b in model.named_buffers():
-        param_names.setdefault(id(b), name)
-    tensors_by_name: Dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
-    tensors_by_name.update(model.named_buffers(remove_duplicate=False))
-    ctx = Context(model, state, param_names)
-    ctx.fallbacks = dict(tracer.fallbacks)
-    for node in graph.nodes:
-        if node.op in ("placeholder", "get_attr"):
+    ctx = Context(model, state, param_names, modules)
+    ctx.fallbacks = dict(fallbacks)
+    reads_attrs = any(n.op == "get_attr" for n in nodes)
+    for node in nodes:
+        if node.op in ("placeholder", "get_attr", "constant"):
             ctx.env[node] = None
             continue
         target = ctx.modules[node.target] if node.op == "call_module" else node.target
         handler = lookup(node, target)
         if handler is unknown and node.op == "call_module":
-            why = f"tensor used inside module {node.target}, which the graph does not handle"
+            why_op = f"tensor used inside module {node.target}, which the graph does not handle"
             for pname, p in list(target.named_parameters()) + list(target.named_buffers()):
                 if id(p) in param_names:
-                    state.opaque_tensors.setdefault(param_names[id(p)], why)
-        if handler is not _elementwise:
+                    state.opaque_tensors.setdefault(param_names[id(p)], why_op)
+        if reads_attrs and handler is not _elementwise:
             for a in node.all_input_nodes:
                 if a.op == "get_attr":
                     obj = tensors_by_name.get(str(a.target))
@@ -431,10 +543,11 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: Iterable[Uni
             ctx.freeze_all(node, f"handler for node {node.name} failed "
                                  f"({type(e).__name__}: {e}); its channels are kept whole")
             ctx.env[node] = None
-    for path in tracer.fallbacks:
+    for path in fallbacks:
         mod = ctx.modules[path]
         for p in list(mod.parameters()) + list(mod.buffers()):
             if id(p) in param_names:
                 state.opaque_tensors.setdefault(
                     param_names[id(p)], f"tensor used inside untraceable module {path}")
-    return DependencyGraph(model, state, tracer.fallbacks, graph)
+    return DependencyGraph(model, state, fallbacks, nodes, "fx" if fx_graph is not None
+                           else "eager", fx_graph, why)

@@ -13,9 +13,85 @@ a ``C x H x W`` map, or after a depthwise conv with a channel multiplier).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["ChannelInfo", "TensorMember", "AttrMember", "GraphState"]
+__all__ = ["ChannelInfo", "TensorMember", "AttrMember", "GraphState", "Node", "TensorShape",
+           "map_nodes"]
+
+
+class TensorShape:
+    """What the graph records of a traced tensor value (``node.meta["tensor_meta"]``)."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape: Tuple[int, ...], dtype: Any) -> None:
+        self.shape = shape
+        self.dtype = dtype
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, TensorShape) and (self.shape, self.dtype) == (
+            other.shape, other.dtype)
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.dtype))
+
+    def __repr__(self) -> str:
+        return f"TensorShape(shape={self.shape}, dtype={self.dtype})"
+
+
+class Node:
+    """One traced op, as the handlers see it (the fields of a ``torch.fx.Node``).
+
+    ``op`` is ``"placeholder"``, ``"get_attr"`` (a parameter or buffer of the model,
+    ``target`` its qualified name), ``"constant"`` (a tensor the trace did not produce
+    and the model does not own), ``"call_module"`` (``target`` the module's qualified
+    name), ``"call_function"`` (``target`` the function), ``"call_method"``
+    (``target`` the method name) or ``"output"``.  ``args``/``kwargs`` hold the
+    call's arguments with every traced tensor replaced by the node that produced it;
+    ``meta["tensor_meta"]`` describes the value (shape and dtype) when it is a tensor
+    or a tuple of tensors.
+    """
+
+    __slots__ = ("op", "target", "args", "kwargs", "name", "meta")
+
+    def __init__(self, op: str, target: Any, args: tuple, kwargs: dict, name: str,
+                 meta: Optional[dict] = None) -> None:
+        self.op = op
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs
+        self.name = name
+        self.meta = {} if meta is None else meta
+
+    @property
+    def all_input_nodes(self) -> List["Node"]:
+        seen: Dict[int, Node] = {}
+
+        def visit(a: Any) -> Any:
+            if isinstance(a, Node):
+                seen.setdefault(id(a), a)
+            return a
+
+        map_nodes((self.args, self.kwargs), visit)
+        return list(seen.values())
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def map_nodes(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """Apply ``fn`` to every leaf of nested tuples / lists / dicts / slices (containers
+    are rebuilt as plain ones; a namedtuple keeps its type)."""
+    if isinstance(obj, (tuple, list)):
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            return type(obj)(*(map_nodes(v, fn) for v in obj))
+        vals = [map_nodes(v, fn) for v in obj]
+        return vals if isinstance(obj, list) else tuple(vals)
+    if isinstance(obj, dict):
+        return {k: map_nodes(v, fn) for k, v in obj.items()}
+    if isinstance(obj, slice):
+        return slice(map_nodes(obj.start, fn), map_nodes(obj.stop, fn), map_nodes(obj.step, fn))
+    return fn(obj)
 
 
 @dataclass(frozen=True)

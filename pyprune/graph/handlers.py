@@ -29,37 +29,38 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import fx
-
-from ._core import ChannelInfo, GraphState
+from ._core import ChannelInfo, GraphState, Node, map_nodes
 
 __all__ = ["HANDLERS", "Context", "Handler", "lookup", "unknown"]
 
 Result = Union[ChannelInfo, None, tuple]
-Handler = Callable[["Context", fx.Node, Any], Result]
+Handler = Callable[["Context", Node, Any], Result]
 
 
 class Context:
     """What a handler sees: the model, the traced node values and the graph state."""
 
-    def __init__(self, model: nn.Module, state: GraphState, param_names: Dict[int, str]) -> None:
+    def __init__(self, model: nn.Module, state: GraphState, param_names: Dict[int, str],
+                 modules: Optional[Dict[str, nn.Module]] = None) -> None:
         self.model = model
         self.state = state
-        self.env: Dict[fx.Node, Result] = {}
+        self.env: Dict[Node, Result] = {}
         self._param_names = param_names  # id(tensor) -> canonical qualified name
         self.fallbacks: Dict[str, str] = {}  # untraceable submodules -> fx error
-        self.modules: Dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
+        # every qualified name (shared modules under each of their names)
+        self.modules: Dict[str, nn.Module] = (
+            dict(model.named_modules(remove_duplicate=False)) if modules is None else modules)
 
     # values -----------------------------------------------------------------------
     def info(self, arg: Any) -> Optional[ChannelInfo]:
-        if isinstance(arg, fx.Node):
+        if isinstance(arg, Node):
             r = self.env.get(arg)
             return r if isinstance(r, ChannelInfo) else None
         return None
 
     @staticmethod
     def shape(arg: Any) -> Optional[Tuple[int, ...]]:
-        if isinstance(arg, fx.Node):
+        if isinstance(arg, Node):
             meta = arg.meta.get("tensor_meta")
             if meta is not None and hasattr(meta, "shape"):
                 return tuple(int(s) for s in meta.shape)
@@ -69,7 +70,7 @@ class Context:
         out: List[ChannelInfo] = []
 
         def visit(a: Any) -> None:
-            if isinstance(a, fx.Node):
+            if isinstance(a, Node):
                 r = self.env.get(a)
                 stack = [r]
                 while stack:
@@ -80,14 +81,14 @@ class Context:
                         stack.extend(v)
             return None
 
-        fx.node.map_aggregate(obj, visit)
+        map_nodes(obj, visit)
         return out
 
     def freeze(self, info: Optional[ChannelInfo], reason: str) -> None:
         if info is not None:
             self.state.freeze(info.elems, reason)
 
-    def freeze_all(self, node: fx.Node, reason: str) -> None:
+    def freeze_all(self, node: Node, reason: str) -> None:
         for i in self.all_infos((node.args, node.kwargs)):
             self.freeze(i, reason)
 
@@ -112,11 +113,11 @@ class Context:
         self.state.add_attr(module, attr, block, elems)
 
 
-def _qual(node: fx.Node) -> str:
+def _qual(node: Node) -> str:
     return str(node.target)
 
 
-def _describe(node: fx.Node) -> str:
+def _describe(node: Node) -> str:
     t = node.target
     if node.op == "call_module":
         return f"module {t}"
@@ -127,7 +128,7 @@ def _describe(node: fx.Node) -> str:
     return f"function {mod + '.' if mod else ''}{name}"
 
 
-def unknown(ctx: Context, node: fx.Node, target: Any) -> Result:
+def unknown(ctx: Context, node: Node, target: Any) -> Result:
     """Default for anything without a handler: its inputs' channels become unprunable."""
     why = ctx.fallbacks.get(str(node.target)) if node.op == "call_module" else None
     if why is not None:
@@ -138,7 +139,7 @@ def unknown(ctx: Context, node: fx.Node, target: Any) -> Result:
     return None
 
 
-def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
     if len(node.args) > i:
         return node.args[i]
     return node.kwargs.get(name, default)
@@ -152,7 +153,7 @@ def _norm_dim(d: int, ndim: int) -> int:
 # layers with parameters
 # --------------------------------------------------------------------------------------
 
-def _conv(ctx: Context, node: fx.Node, m: nn.modules.conv._ConvNd) -> Result:
+def _conv(ctx: Context, node: Node, m: nn.modules.conv._ConvNd) -> Result:
     name = _qual(node)
     x = ctx.info(_arg(node, 0, "input"))
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
@@ -206,7 +207,7 @@ def _conv(ctx: Context, node: fx.Node, m: nn.modules.conv._ConvNd) -> Result:
     return ChannelInfo(1, out, 1)
 
 
-def _linear(ctx: Context, node: fx.Node, m: nn.Linear) -> Result:
+def _linear(ctx: Context, node: Node, m: nn.Linear) -> Result:
     name = _qual(node)
     src = _arg(node, 0, "input")
     x = ctx.info(src)
@@ -231,7 +232,7 @@ def _linear(ctx: Context, node: fx.Node, m: nn.Linear) -> Result:
     return ChannelInfo(ndim - 1, out, 1)
 
 
-def _norm(ctx: Context, node: fx.Node, m: nn.Module) -> Result:
+def _norm(ctx: Context, node: Node, m: nn.Module) -> Result:
     """BatchNorm / InstanceNorm: per-channel parameters and running statistics."""
     name = _qual(node)
     x = ctx.info(_arg(node, 0, "input"))
@@ -247,7 +248,7 @@ def _norm(ctx: Context, node: fx.Node, m: nn.Module) -> Result:
     return x
 
 
-def _prelu(ctx: Context, node: fx.Node, m: nn.PReLU) -> Result:
+def _prelu(ctx: Context, node: Node, m: nn.PReLU) -> Result:
     name = _qual(node)
     x = ctx.info(node.args[0])
     if x is None or m.num_parameters == 1:
@@ -260,7 +261,7 @@ def _prelu(ctx: Context, node: fx.Node, m: nn.PReLU) -> Result:
     return x
 
 
-def _group_norm(ctx: Context, node: fx.Node, m: nn.GroupNorm) -> Result:
+def _group_norm(ctx: Context, node: Node, m: nn.GroupNorm) -> Result:
     name = _qual(node)
     x = ctx.info(node.args[0])
     if x is None:
@@ -280,13 +281,13 @@ def _group_norm(ctx: Context, node: fx.Node, m: nn.GroupNorm) -> Result:
 # channel-preserving ops
 # --------------------------------------------------------------------------------------
 
-def _passthrough(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _passthrough(ctx: Context, node: Node, target: Any) -> Result:
     """Elementwise unary ops: activations, dropout, identity, dtype casts."""
     src = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
     return ctx.info(src)
 
 
-def _spatial(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _spatial(ctx: Context, node: Node, target: Any) -> Result:
     """Pooling / resizing: act on the trailing spatial dims, channels stay on dim 1."""
     x = ctx.info(_arg(node, 0, "input"))
     if x is None:
@@ -298,14 +299,14 @@ def _spatial(ctx: Context, node: fx.Node, target: Any) -> Result:
     return x
 
 
-def _no_tensor(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _no_tensor(ctx: Context, node: Node, target: Any) -> Result:
     """Ops that only read metadata (size, dim, shape): nothing to track."""
     if "tensor_meta" in node.meta:  # e.g. getattr(x, "T") returns a tensor
         return unknown(ctx, node, target)
     return None
 
 
-def _softmax(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _softmax(ctx: Context, node: Node, target: Any) -> Result:
     x = ctx.info(_arg(node, 0, "input"))
     if x is None:
         return None
@@ -320,10 +321,10 @@ def _softmax(ctx: Context, node: fx.Node, target: Any) -> Result:
     return x
 
 
-def _elementwise(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _elementwise(ctx: Context, node: Node, target: Any) -> Result:
     """Broadcasting n-ary ops (add, mul, ...): channels at the same index are coupled."""
     out_shape = ctx.shape(node)
-    tensor_args = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+    tensor_args = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, Node)]
     infos = [(a, ctx.info(a)) for a in tensor_args]
     tracked = [(a, i) for a, i in infos if i is not None]
     if not tracked:
@@ -335,7 +336,7 @@ def _elementwise(ctx: Context, node: fx.Node, target: Any) -> Result:
         return None
     ndim = len(out_shape)
 
-    def aligned(a: fx.Node, i: ChannelInfo) -> Optional[int]:
+    def aligned(a: Node, i: ChannelInfo) -> Optional[int]:
         s = ctx.shape(a)
         if s is None:
             return None
@@ -395,7 +396,7 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
     return obj
 
 
-def _cat(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _cat(ctx: Context, node: Node, target: Any) -> Result:
     tensors = _arg(node, 0, "tensors")
     if tensors is None:
         tensors = node.kwargs.get("input")
@@ -444,7 +445,7 @@ def _cat_other(ctx, node, tensors, infos, d, reason) -> Result:
     return first
 
 
-def _reshape_rule(ctx: Context, node: fx.Node, x: ChannelInfo, in_shape, out_shape,
+def _reshape_rule(ctx: Context, node: Node, x: ChannelInfo, in_shape, out_shape,
                   literal: Optional[Sequence[Any]] = None) -> Result:
     """Map the channel dim through a reshape using the traced shapes.
 
@@ -470,7 +471,7 @@ def _reshape_rule(ctx: Context, node: fx.Node, x: ChannelInfo, in_shape, out_sha
         r = math.prod(out_shape[dp + 1:])
         if r == 0 or q % r:
             break
-        if literal is not None and dp < len(literal) and isinstance(literal[dp], int) \
+        if literal is not None and dp < len(literal) and type(literal[dp]) is int \
                 and literal[dp] != -1:
             ctx.freeze(x, f"{_describe(node)} (node {node.name}) hard-codes the channel "
                           f"count {literal[dp]}")
@@ -480,7 +481,7 @@ def _reshape_rule(ctx: Context, node: fx.Node, x: ChannelInfo, in_shape, out_sha
     return None
 
 
-def _reshape(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _reshape(ctx: Context, node: Node, target: Any) -> Result:
     src = _arg(node, 0, "input")
     x = ctx.info(src)
     if x is None:
@@ -504,7 +505,7 @@ def _reshape(ctx: Context, node: fx.Node, target: Any) -> Result:
         if out_shape[d] != x.size:
             ctx.freeze(x, f"{_describe(node)} (node {node.name}) broadcasts channels")
             return None
-        if literal is not None and d < len(literal) and isinstance(literal[d], int) \
+        if literal is not None and d < len(literal) and type(literal[d]) is int \
                 and literal[d] != -1:
             ctx.freeze(x, f"{_describe(node)} (node {node.name}) hard-codes the channel count")
             return None
@@ -512,7 +513,7 @@ def _reshape(ctx: Context, node: fx.Node, target: Any) -> Result:
     return _reshape_rule(ctx, node, x, in_shape, out_shape, literal)
 
 
-def _expand_as(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _expand_as(ctx: Context, node: Node, target: Any) -> Result:
     src = node.args[0]
     x = ctx.info(src)
     if x is None:
@@ -531,7 +532,7 @@ def _expand_as(ctx: Context, node: fx.Node, target: Any) -> Result:
     return ChannelInfo(d, x.elems, x.block)
 
 
-def _permute(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _permute(ctx: Context, node: Node, target: Any) -> Result:
     src = _arg(node, 0, "input")
     x = ctx.info(src)
     if x is None:
@@ -563,14 +564,14 @@ def _permute(ctx: Context, node: fx.Node, target: Any) -> Result:
     return ChannelInfo(d, x.elems, x.block)
 
 
-def _reduce(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _reduce(ctx: Context, node: Node, target: Any) -> Result:
     src = _arg(node, 0, "input")
     x = ctx.info(src)
     if x is None:
         return None
     in_shape = ctx.shape(src)
     d = _arg(node, 1, "dim")
-    if isinstance(d, fx.Node):  # torch.max(x, y): elementwise
+    if isinstance(d, Node):  # torch.max(x, y): elementwise
         return _elementwise(ctx, node, target)
     keep = bool(_arg(node, 2, "keepdim", False))
     reason = f"{_describe(node)} (node {node.name}) reduces over channels"
@@ -593,9 +594,9 @@ def _reduce(ctx: Context, node: fx.Node, target: Any) -> Result:
     return out
 
 
-def _getitem(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _getitem(ctx: Context, node: Node, target: Any) -> Result:
     src, idx = node.args[0], node.args[1]
-    r = ctx.env.get(src) if isinstance(src, fx.Node) else None
+    r = ctx.env.get(src) if isinstance(src, Node) else None
     if isinstance(r, tuple):
         if isinstance(idx, int) and -len(r) <= idx < len(r):
             return r[idx]
@@ -647,7 +648,7 @@ def _getitem(ctx: Context, node: fx.Node, target: Any) -> Result:
     return ChannelInfo(new_dim, x.elems, x.block)
 
 
-def _split(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _split(ctx: Context, node: Node, target: Any) -> Result:
     src = node.args[0] if node.args else node.kwargs.get("tensor", node.kwargs.get("input"))
     x = ctx.info(src)
     if x is None:
@@ -676,7 +677,7 @@ def _split(ctx: Context, node: fx.Node, target: Any) -> Result:
     return tuple(x for _ in range(n_out))
 
 
-def _output(ctx: Context, node: fx.Node, target: Any) -> Result:
+def _output(ctx: Context, node: Node, target: Any) -> Result:
     ctx.freeze_all(node, "model output")
     return None
 
@@ -767,7 +768,7 @@ _register(["method:size", "method:dim", "method:numel", "method:ndimension", get
 HANDLERS["output"] = _output
 
 
-def lookup(node: fx.Node, target: Any) -> Handler:
+def lookup(node: Node, target: Any) -> Handler:
     """The handler for one node (``unknown`` when none is registered)."""
     if node.op == "call_module":
         # exact class only: a subclass may override forward() (register it explicitly)

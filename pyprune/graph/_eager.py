@@ -1,0 +1,475 @@
+"""Eager tracing: run the model once and record every op it calls.
+
+A :class:`torch.overrides.TorchFunctionMode` sees every torch function, tensor method
+and operator the forward pass calls, with its real arguments and result.  *Leaf*
+modules (those of ``torch.nn``, as torch.fx decides, TorchScript modules and the
+user's ``leaf_modules``) get an instance-level ``forward`` for the duration of the
+trace (removed afterwards) that records each call as one ``call_module`` node; what
+runs inside them is not recorded.  Everything else becomes a ``call_function`` /
+``call_method`` node.  A tensor argument is replaced by the
+node that produced it (or a ``get_attr`` node for a parameter / buffer of the model,
+a ``constant`` node for any other tensor), so the result is the same node list that
+torch.fx would give, with the shape of every value attached, at the cost of one
+forward pass instead of a symbolic trace plus a forward pass.
+
+An eager trace records the path the example input takes.  That path is the model
+only if no Python control flow depends on tensor *values*: the recorder watches
+for tensor -> Python conversions (``bool(t)``, ``t.item()``, ...) outside leaf
+modules and stops with :class:`DataDependent` on the first one, and the caller then
+uses torch.fx, which keeps such code whole.  Shapes read from tensors
+(``x.size(1)``, ``x.shape``) are returned as :class:`SizeInt`, an ``int`` that
+remembers where it came from, so a ``view(n, c, -1)`` is not mistaken for a
+hard-coded channel count.
+
+With ``skip_arithmetic`` the convolutions and linear layers (the arithmetic of a
+CNN's forward pass) are not computed: their results are zero tensors of the shape
+torch gives (the formulas of the ``torch.nn`` docs, checked against the real ops in
+the tests); an argument those formulas do not cover runs the real op.  A
+data-dependent-shape op (``nonzero``, boolean indexing, ...) outside leaf modules
+then raises :class:`NeedsValues`, and the caller traces again without skipping.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from ._core import Node, TensorShape, map_nodes
+
+__all__ = ["DataDependent", "NeedsValues", "SizeInt", "trace_eager"]
+
+
+class DataDependent(Exception):
+    """The forward pass turned a tensor value into a Python value (control flow)."""
+
+
+class NeedsValues(Exception):
+    """An op whose result's shape depends on tensor values ran on skipped arithmetic."""
+
+
+def _size_op(name: str):
+    f = getattr(int, name)
+
+    def op(self, *other):
+        r = f(self, *other)
+        return SizeInt(r) if type(r) is int else r
+
+    op.__name__ = name
+    return op
+
+
+class SizeInt(int):
+    """An ``int`` read from a traced tensor's shape; arithmetic keeps the mark."""
+
+    __slots__ = ()
+
+    for _n in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+               "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__neg__",
+               "__pos__", "__abs__"):
+        locals()[_n] = _size_op(_n)
+    del _n
+
+
+# tensor -> Python value conversions: control flow on them depends on the data
+_VALUE_READS = frozenset({
+    "__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__",
+    "numpy", "__array__", "equal", "allclose", "is_nonzero", "__iter__", "__contains__",
+})
+# metadata reads: nothing to record
+_META_READS = frozenset({
+    "size", "dim", "ndimension", "numel", "nelement", "stride", "storage_offset",
+    "is_contiguous", "element_size", "is_floating_point", "is_complex", "data_ptr",
+    "get_device", "__len__", "__format__", "__repr__", "__str__", "has_names",
+    "is_set_to", "is_same_size", "__hash__", "type", "is_pinned", "is_shared",
+    "untyped_storage", "__sizeof__",
+})
+# ops whose result's shape depends on the values of their inputs
+_SHAPE_FROM_VALUES = frozenset({
+    "nonzero", "nonzero_static", "argwhere", "masked_select", "unique",
+    "unique_consecutive", "bincount", "histc", "repeat_interleave", "masked_scatter",
+})
+
+
+def _needs_values(name: str, args: tuple) -> bool:
+    if name in _SHAPE_FROM_VALUES:
+        return True
+    if name == "where":  # torch.where(cond) is nonzero(); where(cond, a, b) is elementwise
+        return len(args) == 1
+    if name == "__getitem__" and len(args) > 1:  # boolean-mask indexing
+        idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx)
+    return False
+# Tensor methods implemented in Python whose operands are swapped
+_REFLECTED = {"__rsub__": operator.sub, "__rtruediv__": operator.truediv,
+              "__rdiv__": operator.truediv, "__rpow__": operator.pow,
+              "__rmatmul__": operator.matmul, "__rfloordiv__": operator.floordiv,
+              "__rmod__": operator.mod, "__rlshift__": operator.lshift,
+              "__rrshift__": operator.rshift}
+_TensorBase = torch._C.TensorBase
+_MISSING = object()
+
+
+def _tuple(v: Any, n: int) -> Optional[Tuple[int, ...]]:
+    if isinstance(v, int):
+        return (int(v),) * n
+    if isinstance(v, (tuple, list)) and len(v) == n and all(isinstance(i, int) for i in v):
+        return tuple(int(i) for i in v)
+    return None
+
+
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONVT_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups",
+               "dilation")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1,
+                  "output_padding": 0}
+
+
+def _conv_result(nd: int, transposed: bool, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """Zeros of the shape ``torch.conv{nd}d`` / ``conv_transpose{nd}d`` would return, or
+    None when the arguments are anything but the plain, valid case (the real op runs)."""
+    names = _CONVT_ARGS if transposed else _CONV_ARGS
+    if len(args) > len(names):
+        return None
+    a = dict(_CONV_DEFAULTS)
+    a.update(zip(names, args))
+    a.update(kwargs)
+    x, w, b = a.get("input"), a.get("weight"), a["bias"]
+    if type(x) is not torch.Tensor or not isinstance(w, torch.Tensor) or w.dim() != nd + 2:
+        return None
+    if x.dim() not in (nd + 1, nd + 2) or x.dtype != w.dtype or x.device != w.device:
+        return None
+    if b is not None and (not isinstance(b, torch.Tensor) or b.dim() != 1):
+        return None
+    groups = a["groups"]
+    if not isinstance(groups, int) or groups < 1:
+        return None
+    batched = x.dim() == nd + 2
+    cin = x.shape[1 if batched else 0]
+    spatial = tuple(x.shape[-nd:])
+    stride, dil = _tuple(a["stride"], nd), _tuple(a["dilation"], nd)
+    pad = a["padding"]
+    if stride is None or dil is None or min(stride) < 1 or min(dil) < 1:
+        return None
+    k = tuple(w.shape[2:])
+    if transposed:
+        pad, opad = _tuple(pad, nd), _tuple(a["output_padding"], nd)
+        if pad is None or opad is None or cin != w.shape[0] or w.shape[0] % groups:
+            return None
+        cout = w.shape[1] * groups
+        out = tuple((i - 1) * s - 2 * p + d * (kk - 1) + o + 1
+                    for i, s, p, d, kk, o in zip(spatial, stride, pad, dil, k, opad))
+        if any(o >= max(s, d) for o, s, d in zip(opad, stride, dil)):
+            return None
+    else:
+        if pad == "valid":
+            pad = (0,) * nd
+        if pad == "same":
+            if any(s != 1 for s in stride):
+                return None
+            out = spatial
+        else:
+            pad = _tuple(pad, nd)
+            if pad is None or min(pad) < 0:
+                return None
+            out = tuple((i + 2 * p - d * (kk - 1) - 1) // s + 1
+                        for i, s, p, d, kk in zip(spatial, stride, pad, dil, k))
+        if cin != w.shape[1] * groups or w.shape[0] % groups:
+            return None
+        cout = w.shape[0]
+    if min(out) < 1 or (b is not None and b.shape[0] != cout):
+        return None
+    shape = ((x.shape[0], cout) if batched else (cout,)) + out
+    return x.new_zeros(shape)
+
+
+def _linear_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    if len(args) > 3:
+        return None
+    a = {"bias": None}
+    a.update(zip(("input", "weight", "bias"), args))
+    a.update(kwargs)
+    x, w, b = a.get("input"), a.get("weight"), a["bias"]
+    if type(x) is not torch.Tensor or not isinstance(w, torch.Tensor) or w.dim() != 2:
+        return None
+    if x.dim() < 1 or x.shape[-1] != w.shape[1] or x.dtype != w.dtype or x.device != w.device:
+        return None
+    if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (w.shape[0],)):
+        return None
+    return x.new_zeros(tuple(x.shape[:-1]) + (w.shape[0],))
+
+
+def _batch_norm_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """F.batch_norm in eval mode (running statistics): the input's shape."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training")
+    if len(args) > 8:
+        return None
+    a = {"weight": None, "bias": None, "training": False}
+    a.update(zip(names, args))
+    a.update(kwargs)
+    x = a.get("input")
+    if type(x) is not torch.Tensor or x.dim() < 2 or a["training"] is not False:
+        return None
+    c = x.shape[1]
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        t = a.get(key)
+        if t is None and key in ("weight", "bias"):
+            continue
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != c \
+                or t.device != x.device:
+            return None
+    return x.new_zeros(x.shape)
+
+
+def _skippers() -> Dict[Any, Any]:
+    table: Dict[Any, Any] = {torch.nn.functional.linear: _linear_result,
+                             torch.nn.functional.batch_norm: _batch_norm_result}
+    for nd in (1, 2, 3):
+        table[getattr(torch, f"conv{nd}d")] = (
+            lambda a, k, nd=nd: _conv_result(nd, False, a, k))
+        table[getattr(torch, f"conv_transpose{nd}d")] = (
+            lambda a, k, nd=nd: _conv_result(nd, True, a, k))
+    return table
+
+
+_SKIP = _skippers()
+
+
+def _is_leaf_type(m: nn.Module) -> bool:
+    # torch.fx's default: modules of torch.nn (not containers) are not traced into
+    mod = type(m).__module__
+    return (mod.startswith("torch.nn") or mod.startswith("torch.ao.nn")) and \
+        not isinstance(m, nn.Sequential)
+
+
+def _has_tensor(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, (tuple, list)):
+        return any(_has_tensor(v) for v in obj)
+    if isinstance(obj, dict):
+        return any(_has_tensor(v) for v in obj.values())
+    return False
+
+
+def _describe_value(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return TensorShape(tuple(obj.shape), obj.dtype)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_describe_value(v) for v in obj) if type(obj) in (tuple, list) \
+            else tuple(_describe_value(v) for v in obj)
+    return obj
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, modules: Dict[str, nn.Module], leaf_modules: Sequence[Any],
+                 param_names: Dict[int, str], skip_arithmetic: bool) -> None:
+        super().__init__()
+        leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
+        leaf_names = {t for t in leaf_modules if isinstance(t, str)}
+        seen = set()
+        self.leaves: List[Tuple[nn.Module, str]] = []
+        for name, m in modules.items():
+            if id(m) in seen:  # a shared module is known by its first name
+                continue
+            seen.add(id(m))
+            if name != "" and (name in leaf_names or isinstance(m, torch.jit.ScriptModule)
+                               or (bool(leaf_types) and isinstance(m, leaf_types))
+                               or _is_leaf_type(m)):
+                self.leaves.append((m, name))
+        self._patched: List[Tuple[nn.Module, Any]] = []
+        self.param_names = param_names
+        self.skip = skip_arithmetic
+        self.nodes: List[Node] = []
+        self._counts: Dict[str, int] = {}
+        self._producer: Dict[int, Node] = {}
+        self._alive: List[Any] = []  # traced values stay alive: their ids stay unique
+        self.depth = 0
+
+    # nodes ----------------------------------------------------------------------------
+    def _name(self, base: str) -> str:
+        n = self._counts.get(base, 0)
+        self._counts[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def _add(self, op: str, target: Any, args: tuple, kwargs: dict, base: str,
+             value: Any) -> Node:
+        meta = {"tensor_meta": _describe_value(value)} if _has_tensor(value) else {}
+        node = Node(op, target, args, kwargs, self._name(base), meta)
+        self.nodes.append(node)
+        return node
+
+    def _arg(self, a: Any) -> Any:
+        if not isinstance(a, torch.Tensor):
+            return a
+        node = self._producer.get(id(a))
+        if node is not None:
+            return node
+        name = self.param_names.get(id(a))
+        if name is not None:
+            node = self._add("get_attr", name, (), {}, name.replace(".", "_"), a)
+        else:
+            node = self._add("constant", None, (), {}, "_tensor_constant", a)
+        self._bind(a, node)
+        return node
+
+    def _args(self, args: tuple) -> tuple:
+        out = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                out.append(self._arg(a))
+            elif isinstance(a, (tuple, list, dict, slice)):
+                out.append(map_nodes(a, self._arg))
+            else:
+                out.append(a)
+        return tuple(out)
+
+    def _kwargs(self, kwargs: dict) -> dict:
+        return {k: self._args((v,))[0] for k, v in kwargs.items()}
+
+    def _bind(self, value: Any, node: Node) -> None:
+        if isinstance(value, torch.Tensor):
+            self._producer[id(value)] = node
+            self._alive.append(value)
+        elif isinstance(value, (tuple, list)):
+            for i, v in enumerate(value):
+                if _has_tensor(v):
+                    item = self._add("call_function", operator.getitem, (node, i), {},
+                                     "getitem", v)
+                    self._bind(v, item)
+
+    def input(self, value: Any, i: int) -> Any:
+        node = self._add("placeholder", f"input_{i}", (), {}, f"input_{i}", value)
+        self._bind(value, node)
+        return node
+
+    def output(self, value: Any) -> None:
+        self.nodes.append(Node("output", "output", (map_nodes(value, self._arg),), {},
+                               "output"))
+
+    # leaf modules ----------------------------------------------------------------------
+    def _leaf_forward(self, name: str, forward: Any) -> Any:
+        base = name.replace(".", "_")
+
+        def leaf_forward(*args: Any, **kwargs: Any) -> Any:
+            if self.depth:
+                return forward(*args, **kwargs)
+            self.depth = 1
+            try:
+                out = forward(*args, **kwargs)
+            finally:
+                self.depth = 0
+            node = self._add("call_module", name, self._args(args),
+                             self._kwargs(kwargs) if kwargs else {}, base, out)
+            self._bind(out, node)
+            return out
+
+        return leaf_forward
+
+    def patch(self) -> None:
+        """Give each leaf module an instance ``forward`` that records its call."""
+        for m, name in self.leaves:
+            old = m.__dict__.get("forward", _MISSING)
+            self._patched.append((m, old))
+            m.__dict__["forward"] = self._leaf_forward(name, m.forward)
+
+    def unpatch(self) -> None:
+        for m, old in reversed(self._patched):
+            if old is _MISSING:
+                m.__dict__.pop("forward", None)
+            else:
+                m.__dict__["forward"] = old
+        self._patched.clear()
+
+    # functions ---------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        if self.depth:  # inside a leaf module: only its result matters
+            if self.skip:
+                fast = _SKIP.get(func)
+                if fast is not None:
+                    r = fast(args, kwargs)
+                    if r is not None:
+                        return r
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        objclass = getattr(func, "__objclass__", None)
+        getter = None
+        if name == "__get__":  # a tensor attribute: x.shape, x.T, ...
+            getter = getattr(getattr(func, "__self__", None), "__name__", "?")
+        elif name in _VALUE_READS and (objclass is _TensorBase
+                                       or getattr(torch.Tensor, name, None) is func):
+            raise DataDependent(f"Tensor.{name}() outside a leaf module")
+        if self.skip:
+            if _needs_values(name, args):
+                raise NeedsValues(name)
+            fast = _SKIP.get(func)
+            if fast is not None:
+                r = fast(args, kwargs)
+                if r is None:
+                    r = func(*args, **kwargs)
+                return self._record(func, "call_function", func, args, kwargs,
+                                    getattr(func, "__name__", "op"), r)
+        out = func(*args, **kwargs)
+        if getter is not None:
+            if getter == "shape":
+                return torch.Size([SizeInt(v) for v in out])
+            if not _has_tensor(out):
+                return out
+            return self._record(func, "call_function", getattr, (args[0], getter), {},
+                                "getattr", out)
+        if not _has_tensor(out):
+            if name in ("size", "numel", "__len__", "nelement"):
+                if isinstance(out, int):
+                    return SizeInt(out)
+                if isinstance(out, tuple):
+                    return torch.Size([SizeInt(v) for v in out])
+                return out
+            if name in _META_READS or not _has_tensor((args, kwargs)):
+                return out
+        if objclass is _TensorBase:
+            if name == "__getitem__":
+                return self._record(func, "call_function", operator.getitem, args, kwargs,
+                                    "getitem", out)
+            if name == "__setitem__":
+                return self._record(func, "call_function", operator.setitem, args, kwargs,
+                                    "setitem", out)
+            return self._record(func, "call_method", name, args, kwargs, name, out)
+        if name in _REFLECTED and getattr(torch.Tensor, name, None) is func and len(args) == 2:
+            return self._record(func, "call_function", _REFLECTED[name], (args[1], args[0]),
+                                kwargs, _REFLECTED[name].__name__, out)
+        if getattr(torch.Tensor, name, None) is func:  # a Tensor method written in Python
+            return self._record(func, "call_method", name, args, kwargs, name, out)
+        return self._record(func, "call_function", func, args, kwargs, name or "op", out)
+
+    def _record(self, func, op: str, target: Any, args: tuple, kwargs: dict, base: str,
+                out: Any) -> Any:
+        node = self._add(op, target, self._args(args), self._kwargs(kwargs) if kwargs else {},
+                         base.strip("_") or "op", out)
+        self._bind(out, node)
+        return out
+
+
+def trace_eager(model: nn.Module, inputs: Tuple[Any, ...], modules: Dict[str, nn.Module],
+                leaf_modules: Sequence[Any], param_names: Dict[int, str],
+                skip_arithmetic: bool) -> List[Node]:
+    """Run ``model(*inputs)`` once (the caller sets eval mode / no_grad) and return the
+    recorded nodes.  ``modules``: ``dict(model.named_modules(remove_duplicate=False))``;
+    ``param_names``: id -> qualified name of every parameter and buffer.  Raises
+    :class:`DataDependent`, :class:`NeedsValues` (only with ``skip_arithmetic``) or
+    whatever the forward pass raises."""
+    rec = _Recorder(modules, leaf_modules, param_names, skip_arithmetic)
+    placeholders = tuple(rec.input(t, i) if isinstance(t, torch.Tensor) else t
+                         for i, t in enumerate(inputs))
+    del placeholders
+    rec.patch()
+    try:
+        with rec:
+            out = model(*inputs)
+    finally:
+        rec.unpatch()
+    rec.output(out)
+    return rec.nodes

@@ -1,0 +1,283 @@
+"""The eager tracer: same graphs as torch.fx, shape formulas equal to the real ops,
+fallback to fx on data-dependent control flow, the model left exactly as it was."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+from pyprune.graph import GraphError, build_graph
+from pyprune.graph._eager import SizeInt, _SKIP
+from pyprune.plan import make_plan
+from pyprune.criteria.random import random_scores
+from pyprune.surgery import apply_plan
+
+from pyprune_zoo import ZOO, cbr, make
+
+
+def summary(g):
+    return [(grp.size, grp.producers, grp.prunable, sorted(grp.reasons) and True,
+             [(m.name, m.dim, m.block, m.role) for m in grp.members])
+            for grp in g.groups]
+
+
+def _explain_all(g):
+    return {grp.id: (grp.reasons, grp.producers) for grp in g.groups}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_eager_and_fx_find_the_same_groups(name):
+    model, x = make(name)
+    eager = build_graph(model, x)
+    fx = build_graph(model, x, tracer="fx")
+    assert eager.tracer == ("fx" if name == "untraceable" else "eager")
+    assert fx.tracer == "fx"
+    assert summary(eager) == summary(fx)
+    assert torch.equal(eager.channel_group, fx.channel_group)
+    # shapes="auto" (convs not computed) and "real" give the same graph
+    assert summary(build_graph(model, x, shapes="real")) == summary(eager)
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet20", "densenet40", "mobilenetv2"])
+def test_eager_and_fx_agree_on_reference_models(name):
+    models = pytest.importorskip("pyprune.models")
+    model, x = models.get_model(name), torch.randn(1, 3, 32, 32)
+    eager, fx = build_graph(model, x), build_graph(model, x, tracer="fx")
+    assert eager.tracer == "eager"
+    assert summary(eager) == summary(fx)
+    assert summary(build_graph(model, x, shapes="real")) == summary(eager)
+    assert summary(build_graph(model, x, shapes="fake")) == summary(eager)
+
+
+def test_data_dependent_control_flow_falls_back_to_fx():
+    model, x = make("untraceable")
+    g = build_graph(model, x)
+    assert g.tracer == "fx" and "Tensor.__bool__" in g.why_fx
+    assert "traced with torch.fx" in g.explain()
+    with pytest.raises(GraphError, match="cannot be traced eagerly.*tensor values"):
+        build_graph(model, x, tracer="eager")
+    with pytest.raises(ValueError, match="tracer must be"):
+        build_graph(model, x, tracer="jit")
+
+
+def test_item_in_forward_falls_back_to_fx():
+    class Gate(nn.Module):
+        def forward(self, y):
+            return y * float(y.abs().max().item() > 0)
+
+    class Scaled(nn.Module):
+        def __init__(self, gate_inline):
+            super().__init__()
+            self.a, self.gate, self.b = cbr(3, 4), Gate(), cbr(4, 2)
+            self.gate_inline = gate_inline
+
+        def forward(self, x):
+            y = self.a(x)
+            if self.gate_inline:
+                y = y * float(y.abs().max().item() > 0)
+            else:
+                y = self.gate(y)
+            return self.b(y)
+
+    x = torch.randn(1, 3, 4, 4)
+    g = build_graph(Scaled(False).eval(), x)
+    assert g.tracer == "fx" and "Tensor.item()" in g.why_fx
+    assert not g.groups_of("a.0")[0].prunable  # fx keeps the gate whole
+    with pytest.raises(GraphError, match=r"cannot be traced eagerly \(.*Tensor.item\(\)"):
+        build_graph(Scaled(True).eval(), x)
+
+
+def test_sizes_read_from_tensors_are_not_hard_coded_channel_counts():
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc1, self.fc2, self.b = cbr(3, 8), nn.Linear(8, 2), nn.Linear(2, 8), cbr(8, 4)
+
+        def forward(self, x):
+            y = self.a(x)
+            n, c = y.size(0), y.shape[1]
+            w = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean((2, 3)).view(n, c)))))
+            return self.b(y * w.view(n, c, 1, 1).expand(n, c, y.size(2), y.size(3)))
+
+    model, x = SE().eval(), torch.randn(2, 3, 4, 4)
+    g = build_graph(model, x)
+    assert g.tracer == "eager"
+    assert summary(g) == summary(build_graph(model, x, tracer="fx"))
+    grp = g.groups_of("a.0")[0]
+    assert grp.prunable, g.explain("a.0")
+    # a literal is still a hard-coded count
+    model, x = make("hard_coded_view")
+    assert "hard-codes the channel count 8" in build_graph(model, x).explain("b.0")
+
+
+def test_size_int_keeps_its_mark_through_arithmetic():
+    c = SizeInt(8)
+    for v in (c // 2, c * 2, 2 * c, c + 1, 1 + c, c - 1, 9 - c, c % 3, -c):
+        assert type(v) is SizeInt
+    assert type(c / 2) is float and c // 2 == 4
+
+
+def test_in_place_write_into_channels_freezes_them():
+    class Write(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 6), cbr(6, 4)
+
+        def forward(self, x):
+            y = self.a(x)
+            y[:, :2] = 0  # __setitem__: no handler, its channels must stay
+            return self.b(y)
+
+    model, x = Write().eval(), torch.randn(1, 3, 4, 4)
+    g = build_graph(model, x)
+    assert g.tracer == "eager"
+    assert not g.groups_of("a.0")[0].prunable
+    assert "setitem" in g.explain("a.0")
+
+
+def test_data_dependent_shapes_are_traced_with_values():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 6), cbr(6, 4)
+
+        def forward(self, x):
+            y = self.b(self.a(x))
+            return y, y[y > 0.5]  # boolean mask: its shape depends on the values
+
+    model, x = Masked().eval(), torch.randn(1, 3, 4, 4)
+    g = build_graph(model, x)
+    real = build_graph(model, x, shapes="real")
+    assert g.tracer == "eager" and summary(g) == summary(real)
+    masked = [n for n in g.nodes if n.name.startswith("getitem")][-1]
+    assert masked.meta["tensor_meta"].shape == real.nodes[-2].meta["tensor_meta"].shape
+
+
+def test_module_called_with_keywords_and_functional_conv():
+    class KW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, 3, padding=1)
+            self.w = nn.Parameter(torch.randn(4, 6, 1, 1))
+            self.b = cbr(6, 4)
+
+        def forward(self, x):
+            y = self.a(input=x)
+            return self.b(y) + F.conv2d(y, self.w)  # a parameter read directly
+
+    model, x = KW().eval(), torch.randn(1, 3, 4, 4)
+    g = build_graph(model, x)
+    assert g.tracer == "eager"
+    assert summary(g) == summary(build_graph(model, x, tracer="fx"))
+    assert not g.groups_of("a")[0].prunable
+    assert "unsupported op: function" in g.explain("a") and "conv2d" in g.explain("a")
+
+
+def test_model_is_left_exactly_as_it_was():
+    model, x = make("residual")
+    model.train()
+    model.b1.eval()
+    own = model.b2.forward
+    model.b2.__dict__["forward"] = own  # an instance-level forward stays
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {n: dict(m.__dict__) for n, m in model.named_modules()}
+    build_graph(model, x)
+    assert model.training and not model.b1.training and model.b2.training
+    assert model.b2.__dict__["forward"] is own
+    for n, m in model.named_modules():
+        assert set(m.__dict__) == set(before[n]), n
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = cbr(3, 4)
+
+        def forward(self, x):
+            return self.a(x).view(7, -1)
+
+    boom = Boom().train()
+    with pytest.raises(GraphError, match="example_inputs failed"):
+        build_graph(boom, torch.randn(1, 3, 4, 4))
+    assert boom.training and all("forward" not in m.__dict__ for m in boom.modules())
+
+
+def test_pruning_an_eager_graph_gives_a_working_model():
+    model, x = make("dense_cat")
+    g = build_graph(model, x)
+    assert g.tracer == "eager"
+    apply_plan(model, make_plan(g, random_scores(model, seed=1), ratio=0.5))
+    assert model(x).shape[0] == x.shape[0]
+
+
+# -- the shapes of skipped ops equal the real ops' --------------------------------------
+
+def _check_skip(func, *args, **kwargs):
+    real = func(*args, **kwargs)
+    fast = _SKIP[func](args, kwargs)
+    assert fast is not None, (func, [getattr(a, "shape", a) for a in args], kwargs)
+    assert fast.shape == real.shape and fast.dtype == real.dtype
+
+
+@given(nd=st.integers(1, 3), batched=st.booleans(), groups=st.sampled_from([1, 2]),
+       k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 2), d=st.integers(1, 2),
+       size=st.integers(5, 9), transposed=st.booleans(), op=st.integers(0, 2),
+       bias=st.booleans())
+def test_conv_shape_formula_matches_torch(nd, batched, groups, k, s, p, d, size, transposed,
+                                          op, bias):
+    cin, cout = 2 * groups, 3 * groups
+    x = torch.randn(*(((2,) if batched else ()) + (cin,) + (size,) * nd))
+    if transposed:
+        op = op % max(s, d)  # torch requires output_padding < max(stride, dilation)
+        w = torch.randn(cin, cout // groups, *(k,) * nd)
+        b = torch.randn(cout) if bias else None
+        _check_skip(getattr(torch, f"conv_transpose{nd}d"), x, w, b, s, p, op, groups, d)
+    else:
+        w = torch.randn(cout, cin // groups, *(k,) * nd)
+        b = torch.randn(cout) if bias else None
+        if size + 2 * p - d * (k - 1) < 1:
+            return
+        _check_skip(getattr(torch, f"conv{nd}d"), x, w, b, s, p, d, groups)
+        if s == 1:
+            with warnings.catch_warnings():  # 'same' with an even kernel warns once
+                warnings.simplefilter("ignore", UserWarning)
+                _check_skip(getattr(torch, f"conv{nd}d"), x, w, b, 1, "same", d, groups)
+        if size - d * (k - 1) >= 1:
+            _check_skip(getattr(torch, f"conv{nd}d"), x, w, b, s, "valid", d, groups)
+
+
+def test_skipped_ops_refuse_what_the_formulas_do_not_cover():
+    x = torch.randn(1, 4, 6, 6)
+    assert _SKIP[torch.conv2d]((x, torch.randn(2, 3, 3, 3)), {}) is None  # channel mismatch
+    assert _SKIP[torch.conv2d]((x, torch.randn(2, 4, 7, 7)), {}) is None  # empty output
+    assert _SKIP[torch.conv2d]((x.double(), torch.randn(2, 4, 1, 1)), {}) is None
+    assert _SKIP[torch.conv2d]((x, torch.randn(2, 4, 1, 1)), {"stride": 2, "padding": "same"}) is None
+    assert _SKIP[F.linear]((torch.randn(3, 5), torch.randn(2, 4)), {}) is None
+    _check_skip(F.linear, torch.randn(3, 7, 5), torch.randn(2, 5), torch.randn(2))
+    _check_skip(F.linear, torch.randn(5), torch.randn(2, 5))
+    bn = nn.BatchNorm2d(4).eval()
+    args = (x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.1, 1e-5)
+    _check_skip(F.batch_norm, *args)
+    assert _SKIP[F.batch_norm](args[:5] + (True,), {}) is None  # training: real statistics
+    assert _SKIP[F.batch_norm]((torch.randn(1, 3, 2, 2),) + args[1:], {}) is None
+
+
+def test_auto_shapes_do_not_compute_convolutions(monkeypatch):
+    from pyprune.graph import _eager
+
+    calls = []
+    fast = _eager._SKIP[torch.conv2d]
+    monkeypatch.setitem(_eager._SKIP, torch.conv2d,
+                        lambda a, k: calls.append(1) or fast(a, k))
+    model, x = make("residual")
+    build_graph(model, x)
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert len(calls) == n_convs
+    calls.clear()
+    build_graph(model, x, shapes="real")
+    assert calls == []
