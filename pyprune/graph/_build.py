@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch import fx
 
 from ._core import AttrMember, GraphState, Node, TensorMember, TensorShape, find_root, map_nodes
-from ._eager import DataDependent, NeedsValues, trace_eager
+from ._eager import DataDependent, trace_eager
 from .handlers import Context, _elementwise, lookup, unknown
 
 __all__ = ["GraphError", "Group", "DependencyGraph", "build_graph"]
