@@ -31,6 +31,7 @@ then raises :class:`NeedsValues`, and the caller traces again without skipping.
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -109,6 +110,7 @@ _REFLECTED = {"__rsub__": operator.sub, "__rtruediv__": operator.truediv,
               "__rmod__": operator.mod, "__rlshift__": operator.lshift,
               "__rrshift__": operator.rshift}
 _TensorBase = torch._C.TensorBase
+_no_torch_function = torch._C.DisableTorchFunction
 _MISSING = object()
 
 
@@ -284,8 +286,9 @@ class _Recorder(TorchFunctionMode):
         self.skip = skip_arithmetic
         self.nodes: List[Node] = []
         self._counts: Dict[str, int] = {}
-        self._producer: Dict[int, Node] = {}
-        self._alive: List[Any] = []  # traced values stay alive: their ids stay unique
+        # id(tensor) -> (node, weakref): a dead tensor's id can be reused, the weakref
+        # tells (keeping every value alive instead costs fresh memory for each op)
+        self._producer: Dict[int, Tuple[Node, Any]] = {}
         self.depth = 0
 
     # nodes ----------------------------------------------------------------------------
@@ -304,9 +307,9 @@ class _Recorder(TorchFunctionMode):
     def _arg(self, a: Any) -> Any:
         if not isinstance(a, torch.Tensor):
             return a
-        node = self._producer.get(id(a))
-        if node is not None:
-            return node
+        hit = self._producer.get(id(a))
+        if hit is not None and hit[1]() is a:
+            return hit[0]
         name = self.param_names.get(id(a))
         if name is not None:
             node = self._add("get_attr", name, (), {}, name.replace(".", "_"), a)
@@ -331,8 +334,7 @@ class _Recorder(TorchFunctionMode):
 
     def _bind(self, value: Any, node: Node) -> None:
         if isinstance(value, torch.Tensor):
-            self._producer[id(value)] = node
-            self._alive.append(value)
+            self._producer[id(value)] = (node, weakref.ref(value))
         elif isinstance(value, (tuple, list)):
             for i, v in enumerate(value):
                 if _has_tensor(v):
@@ -361,9 +363,10 @@ class _Recorder(TorchFunctionMode):
                 out = forward(*args, **kwargs)
             finally:
                 self.depth = 0
-            node = self._add("call_module", name, self._args(args),
-                             self._kwargs(kwargs) if kwargs else {}, base, out)
-            self._bind(out, node)
+            with _no_torch_function():  # our own bookkeeping is not the model's
+                node = self._add("call_module", name, self._args(args),
+                                 self._kwargs(kwargs) if kwargs else {}, base, out)
+                self._bind(out, node)
             return out
 
         return leaf_forward

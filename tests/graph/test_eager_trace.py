@@ -278,3 +278,22 @@ def test_auto_shapes_do_not_compute_convolutions(monkeypatch):
     calls.clear()
     build_graph(model, x, shapes="real")
     assert calls == []
+
+
+def test_a_dead_tensors_id_does_not_name_a_new_tensor():
+    from pyprune.graph._eager import _Recorder
+
+    rec = _Recorder({}, [], {}, False)
+    t = torch.zeros(3)
+    node = rec.input(t, 0)
+    assert rec._arg(t) is node
+    old = id(t)
+    del t
+    for _ in range(1000):  # CPython hands a freed address out again soon
+        u = torch.zeros(3)
+        if id(u) == old:
+            break
+        del u
+    else:
+        pytest.skip("no id was reused")
+    assert rec._arg(u).op == "constant"
