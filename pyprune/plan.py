@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -121,6 +121,59 @@ def group_scores(graph: DependencyGraph, scores: Mapping[str, Any],
     """One float64 score per flat channel of ``graph``; NaN where no score was given."""
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    # Fast path: every layer's scores a real CPU tensor of the right length, gathered
+    # into one tensor and accumulated with one op (the layers' order is kept, so every
+    # channel sums its members' scores in the same order as one op per layer would).
+    # Anything else, any error and any non-finite score take the per-layer path, which
+    # raises the error of the first bad layer.
+    out_maps = graph.out_maps
+    parts: List[torch.Tensor] = []
+    elems: List[int] = []
+    blocks: List[Tuple[int, int]] = []  # (channels, block) per layer
+    for name, s in scores.items():
+        if name not in out_maps:
+            continue
+        if not isinstance(s, torch.Tensor) or not s.is_cpu or not s.dtype.is_floating_point:
+            return _group_scores_checked(graph, scores, reduce)
+        el, block = out_maps[name]
+        if s.numel() != len(el) * block:
+            return _group_scores_checked(graph, scores, reduce)
+        parts.append(s.detach().reshape(-1))
+        elems.extend(el)
+        blocks.append((len(el), block))
+    n = graph.num_channels
+    total = torch.zeros(n, dtype=torch.float64)
+    if reduce == "max":
+        total.fill_(-math.inf)
+    if not parts:
+        total[:] = math.nan
+        return total
+    dtypes = {p.dtype for p in parts}
+    if len(dtypes) == 1:
+        s = torch.cat(parts).to(dtype=torch.float64)
+    else:
+        s = torch.cat([p.to(dtype=torch.float64) for p in parts])
+    if not bool(torch.isfinite(s).all()):
+        return _group_scores_checked(graph, scores, reduce)
+    idx = graph.flat_index(elems)
+    if any(b != 1 for _, b in blocks):  # index j of a layer is its channel j // block
+        lens, bs = zip(*blocks)
+        idx = idx.repeat_interleave(torch.tensor(bs).repeat_interleave(torch.tensor(lens)))
+    if reduce == "max":
+        total.scatter_reduce_(0, idx, s, reduce="amax")
+    else:
+        total.index_add_(0, idx, s)
+    count = torch.bincount(idx, minlength=n)
+    if reduce == "mean":
+        total = total / count.clamp_min(1).to(torch.float64)
+    total[count == 0] = math.nan
+    return total
+
+
+def _group_scores_checked(graph: DependencyGraph, scores: Mapping[str, Any],
+                          reduce: str) -> torch.Tensor:
+    """The per-layer reference of :func:`group_scores`: validates and accumulates one
+    layer at a time, so it raises the error of the first bad layer."""
     n = graph.num_channels
     total = torch.zeros(n, dtype=torch.float64)
     count = torch.zeros(n, dtype=torch.float64)
@@ -166,6 +219,82 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest scores (ties: lower index first), sorted."""
     order = torch.sort(-scores, stable=True).indices
     return torch.sort(order[:k]).values
+
+
+def _top_groups(graph: DependencyGraph, flat: torch.Tensor,
+                sel: List[Tuple[Group, int]]) -> Dict[int, torch.Tensor]:
+    """``{group id: _top(group's scores, k)}`` for every (group, k) of ``sel``, in
+    ``sel``'s order, with two sorts over all the groups' channels at once: a stable
+    sort by score (descending) and a stable sort of that order by group, which is a
+    stable per-group sort by score (ties: lower index first, as in :func:`_top`)."""
+    if len(sel) <= 1:
+        return {g.id: _top(flat[g.offset:g.offset + g.size], k) for g, k in sel}
+    segs = sorted(sel, key=lambda gk: gk[0].offset)  # segments in channel order
+    gsel = torch.zeros(len(graph.groups), dtype=torch.bool)
+    gsel[[g.id for g, _ in segs]] = True
+    pos = gsel[graph.channel_group].nonzero().flatten()  # their channels, ascending
+    sizes = torch.tensor([g.size for g, _ in segs])
+    starts = torch.cumsum(sizes, 0) - sizes
+    seg = torch.repeat_interleave(torch.arange(len(segs)), sizes)
+    start_of = starts[seg]
+    by_score = torch.sort(-flat[pos], stable=True).indices
+    order = by_score[torch.sort(seg[by_score], stable=True).indices]
+    rank = torch.arange(pos.numel()) - start_of
+    kept = torch.zeros(pos.numel(), dtype=torch.bool)
+    kept[order[rank < torch.tensor([k for _, k in segs])[seg]]] = True
+    where = kept.nonzero().flatten()
+    local = where - start_of[where]
+    parts = torch.split(local, [k for _, k in segs])
+    out = {g.id: t.clone() for (g, _), t in zip(segs, parts)}
+    return {g.id: out[g.id] for g, _ in sel}
+
+
+def _layouts(graph: DependencyGraph) -> Tuple[List[Tuple[int, ...]], List[int], torch.Tensor]:
+    """The distinct channel layouts of the graph's members (tensor members, then
+    attribute members; one per distinct ``elems``): ``(layouts, layout of each member,
+    flat channel index of every layout's channels, concatenated)``, from one
+    :meth:`~DependencyGraph.flat_index` call."""
+    ids: Dict[Tuple[int, ...], int] = {}
+    of_member: List[int] = []
+    for m in graph.tensor_members:
+        of_member.append(ids.setdefault(tuple(m.elems), len(ids)))
+    for a in graph.attr_members:
+        of_member.append(ids.setdefault(tuple(a.elems), len(ids)))
+    layouts = list(ids)
+    return layouts, of_member, graph.flat_index([e for t in layouts for e in t])
+
+
+def _kept_mask(graph: DependencyGraph, keep: Dict[int, torch.Tensor]) -> torch.Tensor:
+    """Bool mask over all flat channels: False where ``keep`` (checked) drops a channel."""
+    mask = torch.ones(graph.num_channels, dtype=torch.bool)
+    if keep:
+        gsel = torch.zeros(len(graph.groups), dtype=torch.bool)
+        gsel[list(keep)] = True
+        mask[gsel[graph.channel_group]] = False
+        ks = list(keep.values())
+        offs = torch.tensor([graph.groups[g].offset for g in keep])
+        mask[torch.cat(ks) + offs.repeat_interleave(torch.tensor([k.numel() for k in ks]))] = True
+    return mask
+
+
+def _repair_needed(graph: DependencyGraph, keep: Dict[int, torch.Tensor], cfg: PlanConfig) -> bool:
+    """Whether :func:`_repair` would change ``keep``: some layout holding channels of a
+    pruned group keeps fewer than ``min(min_channels, its channels of the group)``."""
+    layouts, _, idx = _layouts(graph)
+    if not layouts:
+        return False
+    n_groups = len(graph.groups)
+    mask = _kept_mask(graph, keep)
+    pruned = torch.zeros(n_groups, dtype=torch.bool)
+    pruned[list(keep)] = True
+    seg = torch.repeat_interleave(torch.arange(len(layouts)),
+                                  torch.tensor([len(t) for t in layouts]))
+    key = seg * n_groups + graph.channel_group[idx]
+    size = len(layouts) * n_groups
+    total = torch.bincount(key, minlength=size)
+    kept = torch.bincount(key[mask[idx]], minlength=size)
+    bad = (kept < total.clamp_max(cfg.min_channels)) & pruned.repeat(len(layouts))
+    return bool(bad.any())
 
 
 def _repair(graph: DependencyGraph, keep: Dict[int, torch.Tensor], flat: torch.Tensor,
@@ -249,14 +378,15 @@ def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
     keep: Dict[int, torch.Tensor] = {}
     skipped: Dict[int, str] = {}
     global_pool: List[Group] = []
+    top: List[Tuple[Group, int]] = []
+    unscored = set(graph.channel_group[torch.isnan(flat)].tolist())
     for g in graph.groups:
         if not g.prunable:
             continue
         if g.id in ignored:
             skipped[g.id] = "ignored"
             continue
-        s = flat[g.offset:g.offset + g.size]
-        if bool(torch.isnan(s).any()):
+        if g.id in unscored:
             skipped[g.id] = "no scores for some of its channels"
             continue
         if config.global_ratio is not None and g.id not in layer_ratio:
@@ -265,10 +395,11 @@ def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
         r = layer_ratio.get(g.id, config.ratio)
         k = _keep_count(g.size, r, config)
         if k < g.size:
-            keep[g.id] = _top(s, k)
+            top.append((g, k))
+    keep.update(_top_groups(graph, flat, top))
     if global_pool:
         keep.update(_global(graph, global_pool, flat, config))
-    if keep:
+    if keep and _repair_needed(graph, keep, config):
         _repair(graph, keep, flat, config)
     for gid in list(keep):
         if keep[gid].numel() >= graph.groups[gid].size:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from . import ops
-from .plan import Plan
+from .plan import Plan, _kept_mask, _layouts
 
 __all__ = ["apply_plan", "replay", "history", "HISTORY_ATTR"]
 
@@ -88,43 +88,84 @@ def _check_keep(gid: Any, k: Any, size: int) -> torch.Tensor:
     return k
 
 
+def _checked_mask(graph: Any, keep: Dict[Any, Any]) -> Optional[torch.Tensor]:
+    """The kept-channel mask of ``keep`` when every entry is a valid group id with a
+    non-empty, sorted, unique, in-range 1-D int64 CPU tensor (checked for all groups at
+    once); None otherwise (the caller's per-group checks then say what is wrong)."""
+    n_groups = len(graph.groups)
+    sizes = []
+    for gid, k in keep.items():
+        if type(gid) is not int or not 0 <= gid < n_groups or not graph.groups[gid].prunable:
+            return None
+        if not isinstance(k, torch.Tensor) or k.dtype is not torch.int64 or k.dim() != 1 \
+                or not k.is_cpu or k.numel() == 0:
+            return None
+        sizes.append(graph.groups[gid].size)
+    if keep:
+        ks = list(keep.values())
+        counts = torch.tensor([k.numel() for k in ks])
+        flat = torch.cat(ks)
+        first = torch.cumsum(counts, 0) - counts  # each group's first position
+        up = torch.ones(flat.numel(), dtype=torch.bool)
+        up[1:] = flat[1:] > flat[:-1]
+        up[first] = True
+        if not bool(up.all()) or not bool((flat >= 0).all()) \
+                or not bool((flat < torch.tensor(sizes).repeat_interleave(counts)).all()):
+            return None
+    return _kept_mask(graph, keep)
+
+
 def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optimizer]) -> _Prepared:
     graph = plan.graph
     if graph._model_ref is not model:
         raise ValueError("the plan was made for a graph of another model")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    mask = torch.ones(graph.num_channels, dtype=torch.bool)
-    for gid, k in plan.keep.items():
-        if isinstance(gid, bool) or not isinstance(gid, int) or not 0 <= gid < len(graph.groups):
-            raise ValueError(f"plan.keep has an unknown group id {gid!r}")
-        g = graph.groups[gid]
-        if not g.prunable:
-            raise ValueError(f"plan.keep names group {gid}, which is not prunable: "
-                             + "; ".join(g.reasons))
-        k = _check_keep(gid, k, g.size)
-        mask[g.offset:g.offset + g.size] = False
-        mask[g.offset + k] = True
+    mask = _checked_mask(graph, plan.keep)
+    if mask is None:  # something is off: the per-group checks raise the first error
+        mask = torch.ones(graph.num_channels, dtype=torch.bool)
+        for gid, k in plan.keep.items():
+            if isinstance(gid, bool) or not isinstance(gid, int) or not 0 <= gid < len(graph.groups):
+                raise ValueError(f"plan.keep has an unknown group id {gid!r}")
+            g = graph.groups[gid]
+            if not g.prunable:
+                raise ValueError(f"plan.keep names group {gid}, which is not prunable: "
+                                 + "; ".join(g.reasons))
+            k = _check_keep(gid, k, g.size)
+            mask[g.offset:g.offset + g.size] = False
+            mask[g.offset + k] = True
     look = _Lookup(model)
     pairs: List[Tuple[torch.Tensor, int, int]] = []
     keeps: List[torch.Tensor] = []
     tensors_rec: List[Dict[str, Any]] = []
     opt_state = optimizer.state if optimizer is not None else {}
-    local_of: Dict[int, Optional[Tuple[torch.Tensor, List[int]]]] = {}
+    # The kept channels of every distinct member layout, for all layouts at once:
+    # None where the layout keeps everything, else (local indices, as a list).
+    layouts, layout_of, idx = _layouts(graph)
+    local_of: List[Optional[Tuple[torch.Tensor, List[int]]]] = [None] * len(layouts)
+    if layouts:
+        lens = [len(t) for t in layouts]
+        kept = mask[idx]
+        seg = torch.repeat_interleave(torch.arange(len(layouts)), torch.tensor(lens))
+        removed = torch.bincount(seg[~kept], minlength=len(layouts)).tolist()
+        if any(removed):
+            starts = torch.cumsum(torch.tensor(lens), 0) - torch.tensor(lens)
+            where = kept.nonzero().flatten()
+            local_all = where - starts[seg[where]]
+            counts = [n - r for n, r in zip(lens, removed)]
+            as_list = local_all.tolist()
+            at = 0
+            for lid, (local, c) in enumerate(zip(torch.split(local_all, counts), counts)):
+                if removed[lid]:
+                    local_of[lid] = (local, as_list[at:at + c])
+                at += c
+    n_tensor = len(graph.tensor_members)
 
-    def local_keep(member: Any) -> Optional[Tuple[torch.Tensor, List[int]]]:
-        mid = graph.map_id(member)
-        if mid not in local_of:
-            kept = mask[graph.member_index(member)]
-            if bool(kept.all()):
-                local_of[mid] = None
-            else:
-                local = kept.nonzero().flatten()
-                local_of[mid] = (local, local.tolist())
-        return local_of[mid]
+    def local_keep(i: int) -> Optional[Tuple[torch.Tensor, List[int]]]:
+        return local_of[layout_of[i]]
 
-    for m in graph.tensor_members:
-        lk = local_keep(m)
+    for i, m in enumerate(graph.tensor_members):
+        lk = local_keep(i)
         if lk is None:
             continue
         local, local_list = lk
@@ -154,8 +195,8 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
             keeps.append(local)
     attrs: List[Tuple[nn.Module, str, Any, Any]] = []
     attrs_rec: List[Dict[str, Any]] = []
-    for a in graph.attr_members:
-        lk = local_keep(a)
+    for i, a in enumerate(graph.attr_members):
+        lk = local_keep(n_tensor + i)
         if lk is None:
             continue
         mod = look.module(a.module)
@@ -180,15 +221,30 @@ def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
         tensors[id(t)] = t
         sizes[dim] = int(keep.numel()) * block
     saved = []
-    for key, t in tensors.items():
-        region = None
-        if backup and t.numel() > 0:
-            n_new = 1
-            for v in new_sizes[key]:
-                n_new *= v
-            flat = t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),))
-            region = flat[:n_new].clone()
-        saved.append((t, t.untyped_storage(), t.storage_offset(), t.size(), t.stride(), region))
+    # The regions of contiguous tensors are views (their storage from the offset is the
+    # tensor itself) copied into one buffer per dtype and device by one cat; a region
+    # is then (buffer key, start, length).
+    views: Dict[Tuple[torch.dtype, torch.device], List[torch.Tensor]] = {}
+    used: Dict[Tuple[torch.dtype, torch.device], int] = {}
+    with torch.no_grad():
+        for key, t in tensors.items():
+            region: Any = None
+            if backup and t.numel() > 0:
+                n_new = 1
+                for v in new_sizes[key]:
+                    n_new *= v
+                if t.is_contiguous():
+                    bkey = (t.dtype, t.device)
+                    start = used.get(bkey, 0)
+                    views.setdefault(bkey, []).append(
+                        torch.as_strided(t, (n_new,), (1,), t.storage_offset()))
+                    used[bkey] = start + n_new
+                    region = (bkey, start, n_new)
+                else:
+                    flat = t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),))
+                    region = flat[:n_new].clone()
+            saved.append((t, t.untyped_storage(), t.storage_offset(), t.size(), t.stride(), region))
+        buffers = {bkey: torch.cat(v) for bkey, v in views.items()}
     hist = getattr(model, HISTORY_ATTR, None)
     had_hist = hist is not None
     done_attrs: List[Tuple[nn.Module, str, Any]] = []
@@ -207,6 +263,9 @@ def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
             for t, storage, offset, size, stride, region in saved:
                 t.set_(storage, offset, size, stride)
                 if region is not None:
+                    if isinstance(region, tuple):
+                        bkey, start, n = region
+                        region = buffers[bkey][start:start + n]
                     flat = t.new_empty(0).set_(storage, offset, (t.numel(),))
                     flat[:region.numel()].copy_(region)
         for mod, attr, old in reversed(done_attrs):
