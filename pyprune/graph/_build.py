@@ -184,8 +184,13 @@ class DependencyGraph:
             for r in reasons:
                 if r not in grp.reasons:
                     grp.reasons.append(r)
+        gids_of: Dict[Tuple[int, ...], List[int]] = {}  # members often share a layout
         for m in self.tensor_members:
-            for g in sorted({gid_list[e] for e in m.elems}):
+            key = tuple(m.elems)
+            gs = gids_of.get(key)
+            if gs is None:
+                gs = gids_of[key] = sorted({gid_list[e] for e in key})
+            for g in gs:
                 self.groups[g].members.append(m)
         self.out_maps: Dict[str, Tuple[List[int], int]] = dict(state.out_maps)
         for name, (elems, _) in self.out_maps.items():
@@ -513,7 +518,7 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
     finally:
         for m, mode in modes.items():
             if m.training != mode:
-                m.training = mode
+                object.__setattr__(m, "training", mode)  # a bool: nn.Module's checks are moot
     state = GraphState()
     ctx = Context(model, state, param_names, modules)
     ctx.fallbacks = dict(fallbacks)

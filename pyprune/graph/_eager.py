@@ -129,35 +129,28 @@ _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "group
                   "output_padding": 0}
 
 
-def _conv_result(nd: int, transposed: bool, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+def _conv_zeros(nd: int, transposed: bool, x: Any, w: Any, b: Any, stride: Any, pad: Any,
+                dil: Any, groups: Any, opad: Any) -> Optional[torch.Tensor]:
     """Zeros of the shape ``torch.conv{nd}d`` / ``conv_transpose{nd}d`` would return, or
     None when the arguments are anything but the plain, valid case (the real op runs)."""
-    names = _CONVT_ARGS if transposed else _CONV_ARGS
-    if len(args) > len(names):
-        return None
-    a = dict(_CONV_DEFAULTS)
-    a.update(zip(names, args))
-    a.update(kwargs)
-    x, w, b = a.get("input"), a.get("weight"), a["bias"]
     if type(x) is not torch.Tensor or not isinstance(w, torch.Tensor) or w.dim() != nd + 2:
         return None
     if x.dim() not in (nd + 1, nd + 2) or x.dtype != w.dtype or x.device != w.device:
         return None
     if b is not None and (not isinstance(b, torch.Tensor) or b.dim() != 1):
         return None
-    groups = a["groups"]
     if not isinstance(groups, int) or groups < 1:
         return None
     batched = x.dim() == nd + 2
-    cin = x.shape[1 if batched else 0]
-    spatial = tuple(x.shape[-nd:])
-    stride, dil = _tuple(a["stride"], nd), _tuple(a["dilation"], nd)
-    pad = a["padding"]
+    xs = x.shape
+    cin = xs[1 if batched else 0]
+    spatial = xs[-nd:]
+    stride, dil = _tuple(stride, nd), _tuple(dil, nd)
     if stride is None or dil is None or min(stride) < 1 or min(dil) < 1:
         return None
-    k = tuple(w.shape[2:])
+    k = w.shape[2:]
     if transposed:
-        pad, opad = _tuple(pad, nd), _tuple(a["output_padding"], nd)
+        pad, opad = _tuple(pad, nd), _tuple(opad, nd)
         if pad is None or opad is None or cin != w.shape[0] or w.shape[0] % groups:
             return None
         cout = w.shape[1] * groups
@@ -171,7 +164,7 @@ def _conv_result(nd: int, transposed: bool, args: tuple, kwargs: dict) -> Option
         if pad == "same":
             if any(s != 1 for s in stride):
                 return None
-            out = spatial
+            out = tuple(spatial)
         else:
             pad = _tuple(pad, nd)
             if pad is None or min(pad) < 0:
@@ -183,17 +176,23 @@ def _conv_result(nd: int, transposed: bool, args: tuple, kwargs: dict) -> Option
         cout = w.shape[0]
     if min(out) < 1 or (b is not None and b.shape[0] != cout):
         return None
-    shape = ((x.shape[0], cout) if batched else (cout,)) + out
-    return x.new_zeros(shape)
+    return x.new_zeros(((xs[0], cout) if batched else (cout,)) + out)
 
 
-def _linear_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
-    if len(args) > 3:
+def _conv_result(nd: int, transposed: bool, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    names = _CONVT_ARGS if transposed else _CONV_ARGS
+    if len(args) > len(names):
         return None
-    a = {"bias": None}
-    a.update(zip(("input", "weight", "bias"), args))
+    a = dict(_CONV_DEFAULTS)
+    a.update(zip(names, args))
     a.update(kwargs)
-    x, w, b = a.get("input"), a.get("weight"), a["bias"]
+    if "input" not in a or "weight" not in a:
+        return None
+    return _conv_zeros(nd, transposed, a["input"], a["weight"], a["bias"], a["stride"],
+                       a["padding"], a["dilation"], a["groups"], a["output_padding"])
+
+
+def _linear_zeros(x: Any, w: Any, b: Any) -> Optional[torch.Tensor]:
     if type(x) is not torch.Tensor or not isinstance(w, torch.Tensor) or w.dim() != 2:
         return None
     if x.dim() < 1 or x.shape[-1] != w.shape[1] or x.dtype != w.dtype or x.device != w.device:
@@ -203,26 +202,41 @@ def _linear_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
     return x.new_zeros(tuple(x.shape[:-1]) + (w.shape[0],))
 
 
-def _batch_norm_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+def _linear_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    if len(args) > 3:
+        return None
+    a = {"bias": None}
+    a.update(zip(("input", "weight", "bias"), args))
+    a.update(kwargs)
+    return _linear_zeros(a.get("input"), a.get("weight"), a["bias"])
+
+
+def _batch_norm_zeros(x: Any, mean: Any, var: Any, weight: Any, bias: Any,
+                      training: Any) -> Optional[torch.Tensor]:
     """F.batch_norm in eval mode (running statistics): the input's shape."""
+    if type(x) is not torch.Tensor or x.dim() < 2 or training is not False:
+        return None
+    c = x.shape[1]
+    for t, optional in ((mean, False), (var, False), (weight, True), (bias, True)):
+        if t is None and optional:
+            continue
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != c \
+                or t.device != x.device:
+            return None
+    return x.new_zeros(x.shape)
+
+
+def _batch_norm_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
     names = ("input", "running_mean", "running_var", "weight", "bias", "training")
     if len(args) > 8:
         return None
     a = {"weight": None, "bias": None, "training": False}
     a.update(zip(names, args))
     a.update(kwargs)
-    x = a.get("input")
-    if type(x) is not torch.Tensor or x.dim() < 2 or a["training"] is not False:
+    if "input" not in a:
         return None
-    c = x.shape[1]
-    for key in ("running_mean", "running_var", "weight", "bias"):
-        t = a.get(key)
-        if t is None and key in ("weight", "bias"):
-            continue
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != c \
-                or t.device != x.device:
-            return None
-    return x.new_zeros(x.shape)
+    return _batch_norm_zeros(a["input"], a.get("running_mean"), a.get("running_var"),
+                             a["weight"], a["bias"], a["training"])
 
 
 def _skippers() -> Dict[Any, Any]:
@@ -237,6 +251,134 @@ def _skippers() -> Dict[Any, Any]:
 
 
 _SKIP = _skippers()
+
+
+# Exact torch.nn classes whose forward(x) is one of the ops above (or ReLU): with
+# skip_arithmetic their result is made without running forward at all.  Each factory
+# takes the module and returns ``run(x)`` (the module's constants checked once), or
+# None when the module is anything but the plain case; ``run`` returns None to run the
+# real forward (which then raises the real error, if any).  Results are uninitialised
+# (``new_empty``): values are not computed in this mode.
+def _conv_module(nd: int, transposed: bool):
+    def make(m: Any) -> Any:
+        w, b, groups = m.weight, m.bias, m.groups
+        stride, dil = _tuple(m.stride, nd), _tuple(m.dilation, nd)
+        if m.padding_mode != "zeros" or not isinstance(w, torch.Tensor) or \
+                w.dim() != nd + 2 or stride is None or dil is None or \
+                not isinstance(groups, int) or groups < 1 or min(stride) < 1 or min(dil) < 1:
+            return None
+        k = tuple(w.shape[2:])
+        if transposed:
+            pad, opad = _tuple(m.padding, nd), _tuple(m.output_padding, nd)
+            if pad is None or opad is None or w.shape[0] % groups or \
+                    any(o >= max(s, d) for o, s, d in zip(opad, stride, dil)):
+                return None
+            cin, cout = w.shape[0], w.shape[1] * groups
+            # out = (i - 1) * s + c
+            consts = [(s, -s - 2 * p + d * (kk - 1) + o + 1)
+                      for s, p, d, kk, o in zip(stride, pad, dil, k, opad)]
+        else:
+            pad = m.padding
+            if pad == "same":  # torch.nn refuses 'same' with stride > 1
+                pad = None
+            elif pad == "valid":
+                pad = (0,) * nd
+            else:
+                pad = _tuple(pad, nd)
+                if pad is None or min(pad) < 0:
+                    return None
+            cin, cout = w.shape[1] * groups, w.shape[0]
+            # out = (i + c) // s + 1, or i for 'same'
+            consts = None if pad is None else [
+                (s, 2 * p - d * (kk - 1) - 1) for s, p, d, kk in zip(stride, pad, dil, k)]
+        if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (cout,)):
+            return None
+        dtype, device = w.dtype, w.device
+
+        def run(x: Any) -> Optional[torch.Tensor]:
+            if type(x) is not torch.Tensor or x.dtype != dtype:
+                return None
+            shape = x.shape
+            if len(shape) == nd + 2:
+                lead = (shape[0], cout)
+                c = shape[1]
+            elif len(shape) == nd + 1:
+                lead = (cout,)
+                c = shape[0]
+            else:
+                return None
+            if c != cin or x.device != device:
+                return None
+            spatial = shape[len(shape) - nd:]
+            if consts is None:
+                out = tuple(spatial)
+            elif transposed:
+                out = tuple((i - 1) * s + c + s for i, (s, c) in zip(spatial, consts))
+            else:
+                out = tuple((i + c) // s + 1 for i, (s, c) in zip(spatial, consts))
+            if min(out) < 1:
+                return None
+            return x.new_empty(lead + out)
+
+        return run
+    return make
+
+
+def _linear_module(m: Any) -> Any:
+    w, b = m.weight, m.bias
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or (
+            b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (w.shape[0],))):
+        return None
+    n_out, n_in, dtype, device = w.shape[0], w.shape[1], w.dtype, w.device
+
+    def run(x: Any) -> Optional[torch.Tensor]:
+        if type(x) is not torch.Tensor or x.dim() < 1 or x.shape[-1] != n_in or \
+                x.dtype != dtype or x.device != device:
+            return None
+        return x.new_empty(tuple(x.shape[:-1]) + (n_out,))
+
+    return run
+
+
+def _bn_module(ndims: Tuple[int, ...]):
+    def make(m: Any) -> Any:
+        mean, var = m.running_mean, m.running_var
+        if m.training or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
+            return None
+        c, device = mean.shape[0] if mean.dim() == 1 else -1, mean.device
+        for t in (mean, var, m.weight, m.bias):
+            if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,)
+                                  or t.device != device):
+                return None
+
+        def run(x: Any) -> Optional[torch.Tensor]:
+            if type(x) is not torch.Tensor or x.dim() not in ndims or x.shape[1] != c or \
+                    x.device != device:
+                return None
+            return x.new_empty(x.shape)
+
+        return run
+    return make
+
+
+def _relu_module(m: Any) -> Any:
+    inplace = m.inplace
+
+    def run(x: Any) -> Optional[torch.Tensor]:
+        if type(x) is not torch.Tensor:
+            return None
+        return x if inplace else x.new_empty(x.shape)
+
+    return run
+
+
+_MODULE_SKIP: Dict[type, Any] = {
+    nn.Conv1d: _conv_module(1, False), nn.Conv2d: _conv_module(2, False),
+    nn.Conv3d: _conv_module(3, False), nn.ConvTranspose1d: _conv_module(1, True),
+    nn.ConvTranspose2d: _conv_module(2, True), nn.ConvTranspose3d: _conv_module(3, True),
+    nn.Linear: _linear_module, nn.BatchNorm1d: _bn_module((2, 3)),
+    nn.BatchNorm2d: _bn_module((4,)), nn.BatchNorm3d: _bn_module((5,)), nn.ReLU: _relu_module,
+}
 
 
 def _is_leaf_type(m: nn.Module) -> bool:
@@ -352,17 +494,25 @@ class _Recorder(TorchFunctionMode):
                                "output"))
 
     # leaf modules ----------------------------------------------------------------------
-    def _leaf_forward(self, name: str, forward: Any) -> Any:
+    def _leaf_forward(self, module: nn.Module, name: str, forward: Any) -> Any:
         base = name.replace(".", "_")
+        make = _MODULE_SKIP.get(type(module)) if self.skip else None
+        with _no_torch_function():
+            fast = make(module) if make is not None else None
 
         def leaf_forward(*args: Any, **kwargs: Any) -> Any:
             if self.depth:
                 return forward(*args, **kwargs)
-            self.depth = 1
-            try:
-                out = forward(*args, **kwargs)
-            finally:
-                self.depth = 0
+            out = None
+            if fast is not None and len(args) == 1 and not kwargs:
+                with _no_torch_function():
+                    out = fast(args[0])
+            if out is None:
+                self.depth = 1
+                try:
+                    out = forward(*args, **kwargs)
+                finally:
+                    self.depth = 0
             with _no_torch_function():  # our own bookkeeping is not the model's
                 node = self._add("call_module", name, self._args(args),
                                  self._kwargs(kwargs) if kwargs else {}, base, out)
@@ -376,7 +526,7 @@ class _Recorder(TorchFunctionMode):
         for m, name in self.leaves:
             old = m.__dict__.get("forward", _MISSING)
             self._patched.append((m, old))
-            m.__dict__["forward"] = self._leaf_forward(name, m.forward)
+            m.__dict__["forward"] = self._leaf_forward(m, name, m.forward)
 
     def unpatch(self) -> None:
         for m, old in reversed(self._patched):

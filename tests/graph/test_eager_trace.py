@@ -267,17 +267,27 @@ def test_skipped_ops_refuse_what_the_formulas_do_not_cover():
 def test_auto_shapes_do_not_compute_convolutions(monkeypatch):
     from pyprune.graph import _eager
 
-    calls = []
+    runs, fast_calls = [], []
+    real_forward = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward",
+                        lambda self, *a: runs.append(1) or real_forward(self, *a))
     fast = _eager._SKIP[torch.conv2d]
     monkeypatch.setitem(_eager._SKIP, torch.conv2d,
-                        lambda a, k: calls.append(1) or fast(a, k))
-    model, x = make("residual")
+                        lambda a, k: fast_calls.append(1) or fast(a, k))
+
+    class Mixed(nn.Module):  # a Conv2d module and a functional conv
+        def __init__(self):
+            super().__init__()
+            self.a, self.w, self.b = cbr(3, 6), nn.Parameter(torch.randn(6, 6, 1, 1)), cbr(6, 2)
+
+        def forward(self, x):
+            return self.b(F.conv2d(self.a(x), self.w))
+
+    model, x = Mixed().eval(), torch.randn(1, 3, 4, 4)
     build_graph(model, x)
-    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    assert len(calls) == n_convs
-    calls.clear()
+    assert runs == [] and len(fast_calls) == 1
     build_graph(model, x, shapes="real")
-    assert calls == []
+    assert len(runs) == 2 and len(fast_calls) == 1
 
 
 def test_a_dead_tensors_id_does_not_name_a_new_tensor():
