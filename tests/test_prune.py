@@ -217,3 +217,14 @@ def test_prune_returns_the_same_model_and_profile_is_exported():
     model = small_net()
     assert api.prune(model, X, "l1", 0.5) is model
     assert callable(api.profile)
+
+
+def test_l1_scores_match_a_float64_sum():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(256, 64, 3)
+    with torch.no_grad():
+        conv.weight.mul_(torch.logspace(-3, 3, 256)[None, :, None, None])  # mixed scales
+    s = criteria.compute("l1", nn.Sequential(conv), None)["0"]
+    ref = conv.weight.detach().double().abs().sum((1, 2, 3))
+    assert s.dtype == torch.float32
+    assert float(((s.double() - ref).abs() / ref).max()) < 1e-6
