@@ -115,6 +115,8 @@ _MISSING = object()
 
 
 def _tuple(v: Any, n: int) -> Optional[Tuple[int, ...]]:
+    if type(v) is tuple and len(v) == n and all(type(i) is int for i in v):
+        return v  # what torch.nn layers hold
     if isinstance(v, int):
         return (int(v),) * n
     if isinstance(v, (tuple, list)) and len(v) == n and all(isinstance(i, int) for i in v):
