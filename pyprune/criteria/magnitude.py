@@ -22,14 +22,40 @@ def _out_major(m: nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
+_L1_BLOCK = 1 << 20  # elements per block of rows (4 MiB of float32)
+
+
+def _l1_rows(w: torch.Tensor, scratch: Dict[Any, torch.Tensor]) -> torch.Tensor:
+    """``w.abs().sum(1)`` a block of rows at a time, the |w| temporary reused across
+    blocks and layers (``scratch``, by dtype and device): a full-size temporary per
+    layer costs fresh pages on every call for large layers."""
+    n, k = w.shape
+    rows = max(1, _L1_BLOCK // max(1, k))
+    if n * k <= 1 << 16:
+        return w.abs().sum(1)
+    rows = min(rows, n)
+    key = (w.dtype, w.device)
+    buf = scratch.get(key)
+    if buf is None or buf.numel() < rows * k:
+        buf = scratch[key] = w.new_empty(max(rows * k, _L1_BLOCK))
+    out = w.new_empty(n)
+    for i in range(0, n, rows):
+        blk = w[i:i + rows]
+        b = buf[:blk.numel()].view(blk.shape)
+        torch.abs(blk, out=b)
+        torch.sum(b, 1, out=out[i:i + rows])
+    return out
+
+
 def filter_norms(model: nn.Module, p: float = 1.0) -> Dict[str, torch.Tensor]:
     """``{name: ||filter||_p}`` for every Conv / ConvTranspose / Linear (float32 or wider).
 
-    The L1 norm is ``w.abs().sum(1)``: on CPU it is both faster than
-    ``torch.linalg.vector_norm(w, 1, dim=1)`` (6.5 against 9.4 ms for VGG-16's convs)
-    and closer to a float64 sum (largest relative error 1.9e-7 against 3.4e-6).
+    The L1 norm is ``|w|`` summed along rows (a block of rows at a time): on CPU it is
+    faster than ``torch.linalg.vector_norm(w, 1, dim=1)`` and closer to a float64 sum
+    (largest relative error over VGG-16's convs 1.9e-7 against 3.4e-6).
     """
     out: Dict[str, torch.Tensor] = {}
+    scratch: Dict[Any, torch.Tensor] = {}
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(
@@ -38,7 +64,7 @@ def filter_norms(model: nn.Module, p: float = 1.0) -> Dict[str, torch.Tensor]:
                 if not w.dtype.is_floating_point or w.dtype in (torch.float16, torch.bfloat16):
                     w = w.float()
                 if p == 1.0:
-                    out[name] = w.abs().sum(1)
+                    out[name] = _l1_rows(w, scratch)
                 else:
                     out[name] = torch.linalg.vector_norm(w, ord=p, dim=1)
     return out
