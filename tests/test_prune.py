@@ -228,3 +228,13 @@ def test_l1_scores_match_a_float64_sum():
     ref = conv.weight.detach().double().abs().sum((1, 2, 3))
     assert s.dtype == torch.float32
     assert float(((s.double() - ref).abs() / ref).max()) < 1e-6
+
+
+def test_prune_with_either_tracer_gives_the_same_model():
+    a, b = small_net(), small_net()
+    api.prune(a, X, "l1", 0.5)  # eager trace (the default)
+    api.prune(b, X, "l1", 0.5, tracer="fx")
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(ValueError, match="tracer"):
+        api.prune(small_net(), X, "l1", 0.5, tracer="jit")
