@@ -382,10 +382,12 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
     ``shapes``: how tensor shapes are learnt.  ``"real"``: every op is computed.
     ``"fake"``: fake tensors (shapes only, for large models; falls back to a real pass
     if an op has no fake implementation).  ``"auto"``: with the eager tracer,
-    convolutions and linear layers are not computed (their outputs are zeros of the
-    shape torch gives; anything else, or a data-dependent-shape op such as
-    ``nonzero`` met outside a layer, makes it trace again with ``"real"``); with fx,
-    fake tensors above :data:`FAKE_SHAPES_ABOVE` parameters, a real pass below.
+    convolutions, linear layers and eval-mode BatchNorm are not computed (their
+    outputs have the shape torch gives, their values are meaningless; an argument
+    the shape formulas do not cover runs the real op, and a data-dependent-shape op
+    such as ``nonzero`` met outside a layer makes it trace again with ``"real"``);
+    with fx, fake tensors above :data:`FAKE_SHAPES_ABOVE` parameters, a real pass
+    below.
     """
     if shapes not in ("auto", "real", "fake"):
         raise ValueError(f"shapes must be 'auto', 'real' or 'fake', got {shapes!r}")

@@ -21,12 +21,21 @@ uses torch.fx, which keeps such code whole.  Shapes read from tensors
 remembers where it came from, so a ``view(n, c, -1)`` is not mistaken for a
 hard-coded channel count.
 
-With ``skip_arithmetic`` the convolutions and linear layers (the arithmetic of a
-CNN's forward pass) are not computed: their results are zero tensors of the shape
-torch gives (the formulas of the ``torch.nn`` docs, checked against the real ops in
-the tests); an argument those formulas do not cover runs the real op.  A
-data-dependent-shape op (``nonzero``, boolean indexing, ...) outside leaf modules
-then raises :class:`NeedsValues`, and the caller traces again without skipping.
+With ``skip_arithmetic`` the convolutions, linear layers and eval-mode BatchNorm
+(the arithmetic of a CNN's forward pass) are not computed: their results are
+tensors of the shape torch gives (the formulas of the ``torch.nn`` docs, checked
+against the real ops in the tests) whose values are not meaningful (zeros for the
+functional forms, uninitialised for the plain ``torch.nn`` layers, which are not
+run at all, nor is a plain ``nn.ReLU``).  Arguments the formulas do not cover run
+the real op.  A data-dependent-shape op (``nonzero``, boolean indexing, ...)
+outside leaf modules then raises :class:`NeedsValues`, and the caller traces again
+without skipping; any other error does the same before it is reported.
+
+Limits: ops that do not reach ``__torch_function__`` (a TorchScript module's
+insides, tensors made from numpy) are invisible; a tensor the trace did not
+produce becomes a ``constant`` node, which no handler treats as carrying channels,
+and TorchScript modules are leaves (kept whole).  The model must not run in
+another thread while it is traced: its leaf modules' ``forward`` is patched.
 """
 from __future__ import annotations
 
