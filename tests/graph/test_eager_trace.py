@@ -307,3 +307,54 @@ def test_a_dead_tensors_id_does_not_name_a_new_tensor():
     else:
         pytest.skip("no id was reused")
     assert rec._arg(u).op == "constant"
+
+
+_FUNCTIONAL = {
+    "max_pool2d": lambda x: F.max_pool2d(x, 2),
+    "adaptive_max": lambda x: F.adaptive_max_pool2d(x, 2),
+    "interpolate": lambda x: F.interpolate(x, scale_factor=2),
+    "dropout": lambda x: F.dropout(x, 0.1, False),
+    "hardswish": lambda x: F.hardswish(x),
+    "gate": lambda x: x * torch.sigmoid(x),
+    "clamp": lambda x: x.clamp(0, 6),
+    "pad": lambda x: F.pad(x, (1, 1, 1, 1)),  # no handler: kept whole
+    "permute_back": lambda x: x.permute(0, 2, 3, 1).permute(0, 3, 1, 2),
+    "mean_gate": lambda x: x * x.mean((2, 3), keepdim=True),
+    # fx keeps these two whole (x.__iadd__ is an opaque method to it, and the chunks'
+    # getitems carry no shapes); the eager trace sees add_ and two spatial halves
+    "iadd": lambda x: x.__iadd__(x),
+    "chunk_cat": lambda x: torch.cat(x.chunk(2, dim=2), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FUNCTIONAL))
+def test_functional_ops_and_removing_zeroed_channels(name):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = cbr(3, 8), cbr(8, 4)
+
+        def forward(self, x):
+            return self.b(_FUNCTIONAL[name](self.a(x)))
+
+    torch.manual_seed(0)
+    model, x = M().eval().double(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    g = build_graph(model, x)
+    assert g.tracer == "eager"
+    grp = g.groups_of("a.0")[0]
+    if name not in ("iadd", "chunk_cat"):
+        assert summary(g) == summary(build_graph(model, x, tracer="fx"))
+    assert grp.prunable == (name != "pad")
+    if not grp.prunable:
+        return
+    plan = make_plan(g, random_scores(model, seed=0), ratio=0.5)
+    drop = sorted(set(range(8)) - set(plan.keep[grp.id].tolist()))
+    with torch.no_grad():  # channels with zero BN scale and shift contribute nothing
+        model.a[1].weight[drop] = 0
+        model.a[1].bias[drop] = 0
+        before = model(x)
+    apply_plan(model, plan)
+    with torch.no_grad():
+        after = model(x)
+    assert model.a[0].out_channels == 4
+    torch.testing.assert_close(after, before, atol=1e-10, rtol=0)
