@@ -34,6 +34,7 @@ from .plan import Plan, _kept_mask, _layouts
 __all__ = ["apply_plan", "replay", "history", "HISTORY_ATTR"]
 
 HISTORY_ATTR = "_pyprune_history"
+_WHOLE_BACKUP = 1 << 14  # tensors up to this many elements are backed up whole
 
 
 def history(model: nn.Module) -> List[Dict[str, Any]]:
@@ -58,7 +59,11 @@ class _Lookup:
         mod = self.modules.get(mod_name)
         if mod is None:
             raise ValueError(f"the model has no module {mod_name!r} (for tensor {name!r})")
-        t = getattr(mod, attr, None)
+        t = mod._parameters.get(attr)  # what getattr finds, without a failed lookup first
+        if t is None:
+            t = mod._buffers.get(attr)
+        if t is None:
+            t = getattr(mod, attr, None)
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"the model has no tensor {name!r}")
         return t
@@ -182,11 +187,13 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
         tensors_rec.append({"name": m.name, "dim": m.dim, "block": m.block,
                             "keep": list(local_list)})
         extra = []
-        if t.grad is not None:
-            extra.append(("grad", t.grad))
-        for key, v in (opt_state.get(t, {}) or {}).items():
-            if isinstance(v, torch.Tensor) and v.dim() > 0:
-                extra.append((f"optimizer state {key!r}", v))
+        grad = t.grad
+        if grad is not None:
+            extra.append(("grad", grad))
+        if opt_state:  # (hashing a tensor runs Python: skip it without an optimizer)
+            for key, v in (opt_state.get(t, {}) or {}).items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0:
+                    extra.append((f"optimizer state {key!r}", v))
         for what, v in extra:
             if v.shape != t.shape:
                 raise ValueError(f"{what} of {m.name} has shape {tuple(v.shape)}, not the "
@@ -236,8 +243,12 @@ def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
                 if t.is_contiguous():
                     bkey = (t.dtype, t.device)
                     start = used.get(bkey, 0)
-                    views.setdefault(bkey, []).append(
-                        torch.as_strided(t, (n_new,), (1,), t.storage_offset()))
+                    if t.numel() <= _WHOLE_BACKUP:  # small: all of it, through a cheaper view
+                        n_new = t.numel()
+                        view = t.view(-1)
+                    else:
+                        view = torch.as_strided(t, (n_new,), (1,), t.storage_offset())
+                    views.setdefault(bkey, []).append(view)
                     used[bkey] = start + n_new
                     region = (bkey, start, n_new)
                 else:

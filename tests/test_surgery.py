@@ -149,7 +149,12 @@ def test_replay_rebuilds_the_same_structure():
     assert history(fresh) == history(model)
 
 
-def test_failure_inside_the_op_rolls_everything_back(monkeypatch):
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-backup", "prefix-backup"])
+def test_failure_inside_the_op_rolls_everything_back(monkeypatch, whole):
+    import pyprune.surgery as surgery
+
+    # small tensors are backed up whole, large ones only in the prefix the op overwrites
+    monkeypatch.setattr(surgery, "_WHOLE_BACKUP", 1 << 30 if whole else 0)
     model, g, plan = setup()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(X).sum().backward()
