@@ -171,8 +171,16 @@ class GraphState:
     def unify(self, a: Sequence[int], b: Sequence[int]) -> None:
         if len(a) != len(b):  # pragma: no cover - handlers check sizes first
             raise AssertionError("unify: length mismatch")
-        for x, y in zip(a, b):
-            self.union(x, y)
+        parent = self.parent
+        for x, y in zip(a, b):  # union() inlined (with path halving): the hot loop
+            while parent[x] != x:
+                parent[x] = x = parent[parent[x]]
+            while parent[y] != y:
+                parent[y] = y = parent[parent[y]]
+            if x < y:
+                parent[y] = x
+            elif y < x:
+                parent[x] = y
 
     # creation ---------------------------------------------------------------------
     def new_space(self, owner: str, n: int, frozen: Optional[str] = None) -> Tuple[int, ...]:
