@@ -19,6 +19,7 @@
 
 #include "common/parallel.h"
 #include "info/info.h"
+#include "norms/row_norms.h"
 #include "rank/rank.h"
 #include "select/select.h"
 
@@ -390,6 +391,22 @@ PYBIND11_MODULE(_C, m) {
           return rank_cpu_workspace_bytes(rows, cols, static_cast<DType>(dtype), threads);
         },
         py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("threads"));
+  m.def("row_abs_sum_cpu",
+        [](uintptr_t x, int dtype, int64_t rows, int64_t cols, int64_t row_stride, uintptr_t out,
+           int threads) {
+          if (rows < 0 || cols < 0 || row_stride < cols) throw std::invalid_argument("row_abs_sum_cpu: bad shape");
+          py::gil_scoped_release release;
+          if (dtype == 0) {
+            row_abs_sum_cpu(as_ptr<const float>(x), rows, cols, row_stride, as_ptr<float>(out), threads);
+          } else if (dtype == 1) {
+            row_abs_sum_cpu(as_ptr<const double>(x), rows, cols, row_stride, as_ptr<double>(out), threads);
+          } else {
+            throw std::invalid_argument("row_abs_sum_cpu: dtype must be 0 (float32) or 1 (float64)");
+          }
+        },
+        py::arg("x"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
+        py::arg("out"), py::arg("threads"),
+        "out[r] = sum of |x| along row r (columns contiguous), accumulated in double.");
   m.def("select_check_keep",
         [](uintptr_t keep, int64_t n, int64_t size) { return select_check_keep(as_ptr<const int64_t>(keep), n, size); },
         py::arg("keep"), py::arg("n"), py::arg("size"),

@@ -6,6 +6,8 @@ from typing import Any, Dict
 import torch
 import torch.nn as nn
 
+from .. import _C
+from ..ops._common import get_num_threads
 from . import register
 
 __all__ = ["filter_norms", "l1", "l2"]
@@ -23,13 +25,26 @@ def _out_major(m: nn.Module) -> torch.Tensor:
 
 
 _L1_BLOCK = 1 << 20  # elements per block of rows (4 MiB of float32)
+_NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
 def _l1_rows(w: torch.Tensor, scratch: Dict[Any, torch.Tensor]) -> torch.Tensor:
-    """``w.abs().sum(1)`` a block of rows at a time, the |w| temporary reused across
-    blocks and layers (``scratch``, by dtype and device): a full-size temporary per
-    layer costs fresh pages on every call for large layers."""
+    """Sum of ``|w|`` along each row of ``w`` ([out, k]).
+
+    CPU float32/float64 with contiguous rows: one native pass (``_C.row_abs_sum_cpu``:
+    reads ``w`` once, accumulates in float64, threads from
+    :func:`pyprune.ops.get_num_threads`).  Otherwise ``w.abs().sum(1)`` a block of rows
+    at a time, the ``|w|`` temporary reused across blocks and layers (``scratch``, by
+    dtype and device): a full-size temporary per layer costs fresh pages on every call
+    for large layers.
+    """
     n, k = w.shape
+    code = _NATIVE_DTYPES.get(w.dtype)
+    if code is not None and w.device.type == "cpu" and (w.stride(1) == 1 or k <= 1) and n > 0:
+        out = w.new_empty(n)
+        _C.row_abs_sum_cpu(w.data_ptr(), code, n, k, w.stride(0) if n > 1 else k,
+                           out.data_ptr(), get_num_threads())
+        return out
     rows = max(1, _L1_BLOCK // max(1, k))
     if n * k <= 1 << 16:
         return w.abs().sum(1)
@@ -50,9 +65,10 @@ def _l1_rows(w: torch.Tensor, scratch: Dict[Any, torch.Tensor]) -> torch.Tensor:
 def filter_norms(model: nn.Module, p: float = 1.0) -> Dict[str, torch.Tensor]:
     """``{name: ||filter||_p}`` for every Conv / ConvTranspose / Linear (float32 or wider).
 
-    The L1 norm is ``|w|`` summed along rows (a block of rows at a time): on CPU it is
-    faster than ``torch.linalg.vector_norm(w, 1, dim=1)`` and closer to a float64 sum
-    (largest relative error over VGG-16's convs 1.9e-7 against 3.4e-6).
+    The L1 norm is ``|w|`` summed along rows (see :func:`_l1_rows`): on CPU a native
+    pass accumulating in float64 (correctly rounded to float32 up to one rounding of
+    the float64 sum), faster than ``torch.linalg.vector_norm(w, 1, dim=1)``, whose
+    float32 sums are off by up to 3.4e-6 relative on VGG-16's convs.
     """
     out: Dict[str, torch.Tensor] = {}
     scratch: Dict[Any, torch.Tensor] = {}

@@ -1,0 +1,65 @@
+"""The native row L1 kernel behind the "l1" criterion, against a float64 reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pyprune import _C
+from pyprune.criteria.magnitude import _l1_rows, filter_norms
+
+
+def _native(x: torch.Tensor, threads: int = 2) -> torch.Tensor:
+    out = x.new_empty(x.shape[0])
+    code = {torch.float32: 0, torch.float64: 1}[x.dtype]
+    _C.row_abs_sum_cpu(x.data_ptr(), code, x.shape[0], x.shape[1], x.stride(0), out.data_ptr(),
+                       threads)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (64, 27), (17, 4609), (300, 4000)])
+def test_row_abs_sum_is_the_float64_sum_rounded_once(dtype, shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=dtype) * torch.logspace(-20, 20, shape[1], dtype=dtype)
+    ref = x.double().abs().sum(1)
+    got = _native(x)
+    assert got.dtype == dtype
+    if dtype == torch.float32:
+        assert torch.equal(got, ref.float())  # one rounding of an (almost) exact sum
+    else:
+        torch.testing.assert_close(got, ref, rtol=1e-14, atol=0)
+
+
+def test_row_abs_sum_edge_cases():
+    x = torch.zeros(4, 9)
+    assert torch.equal(_native(x), torch.zeros(4))
+    x = torch.full((2, 5), -3.0)
+    assert torch.equal(_native(x, threads=1), torch.full((2,), 15.0))
+    wide = torch.randn(8, 20)[:, 3:14]  # rows with a stride larger than their length
+    assert torch.equal(_native(wide), wide.double().abs().sum(1).float())
+    huge = torch.full((2, 3), 3e38)  # the float64 sum does not overflow; the float32 result does
+    assert torch.isinf(_native(huge)).all()
+    tiny = torch.full((1, 1000), 1e-45)  # float32 denormals: summed in float64, exactly
+    assert float(_native(tiny)) == float(torch.tensor(1000 * float(tiny[0, 0]), dtype=torch.float32))
+    assert float(_native(tiny)) > 1e-43
+    with pytest.raises(ValueError, match="dtype"):
+        _C.row_abs_sum_cpu(x.data_ptr(), 7, 4, 9, 9, x.data_ptr(), 1)
+
+
+def test_l1_rows_uses_torch_where_the_kernel_does_not_apply():
+    torch.manual_seed(0)
+    sc = {}
+    w = torch.randn(70, 3000)
+    cols = w.t()  # rows not contiguous
+    torch.testing.assert_close(_l1_rows(cols, sc), cols.abs().sum(1))
+    half = torch.randn(5, 6).half()
+    torch.testing.assert_close(_l1_rows(half.float(), sc), half.float().abs().sum(1))
+    assert _l1_rows(torch.randn(0, 4), sc).shape == (0,)
+
+
+def test_filter_norms_of_a_channels_last_conv():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3).to(memory_format=torch.channels_last)
+    s = filter_norms(nn.Sequential(conv), 1.0)["0"]
+    assert torch.equal(s, conv.weight.detach().double().abs().sum((1, 2, 3)).float())
