@@ -3,7 +3,7 @@ let a handler interpret each traced op."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -370,7 +370,8 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
     are kept whole.
 
     ``tracer``: ``"eager"`` records the ops of that one forward pass (a
-    ``TorchFunctionMode`` plus module hooks; see :mod:`pyprune.graph._eager`);
+    ``TorchFunctionMode`` plus recording leaf-module forwards; see
+    :mod:`pyprune.graph._eager`);
     ``"fx"`` traces symbolically with torch.fx and then runs the traced graph for the
     shapes; a submodule fx cannot trace becomes an opaque leaf.  ``"auto"`` (default)
     traces eagerly unless the forward pass turns a tensor value into a Python value
@@ -406,33 +407,41 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
             del model.__dict__[key]
 
 
+def _or_none(trace: Callable[[], List[Node]]) -> Optional[List[Node]]:
+    """``trace()``, or None when it fails for any reason but DataDependent."""
+    try:
+        return trace()
+    except DataDependent:
+        raise
+    except Exception:  # noqa: BLE001 - the caller tries again with real values
+        return None
+
+
 def _run_eager(model: nn.Module, inputs: Tuple[Any, ...], modules: Dict[str, nn.Module],
-               leaf_modules: List[Any], param_names: Dict[int, str],
+               is_leaf: Callable[[nn.Module, str], bool], param_names: Dict[int, str],
                shapes: str) -> List[Node]:
     """Eager trace under ``shapes``; raises DataDependent, or GraphError when the model
     does not run on the inputs."""
-    if shapes == "auto":
-        try:
-            return trace_eager(model, inputs, modules, leaf_modules, param_names, True)
-        except DataDependent:
-            raise
-        except Exception:  # noqa: BLE001 - NeedsValues, or skipped arithmetic upset an op
-            shapes = "real"
-    if shapes == "fake":
-        try:
+    def trace(args: Tuple[Any, ...], skip: bool) -> List[Node]:
+        return trace_eager(model, args, modules, is_leaf, param_names, skip)
+
+    nodes = None
+    if shapes == "auto":  # a NeedsValues op, or skipped arithmetic upset an op: real
+        nodes = _or_none(lambda: trace(inputs, True))
+    elif shapes == "fake":  # ops without fake kernels: real
+        def fake() -> List[Node]:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             with mode:
-                fake = tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
-                             for t in inputs)
-                return trace_eager(model, fake, modules, leaf_modules, param_names, False)
-        except DataDependent:
-            raise
-        except Exception:  # noqa: BLE001 - ops without fake kernels: run for real
-            pass
+                return trace(tuple(mode.from_tensor(t) if isinstance(t, torch.Tensor) else t
+                                   for t in inputs), False)
+
+        nodes = _or_none(fake)
+    if nodes is not None:
+        return nodes
     try:
-        return trace_eager(model, inputs, modules, leaf_modules, param_names, False)
+        return trace(inputs, False)
     except DataDependent:
         raise
     except Exception as e:  # noqa: BLE001
@@ -452,9 +461,8 @@ def _from_fx(graph: fx.Graph) -> List[Node]:
     return list(ir.values())
 
 
-def _trace_fx(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
+def _trace_fx(model: nn.Module, inputs: Tuple[Any, ...], tracer: _Tracer,
               shapes: str, why: Optional[str]) -> Tuple[fx.Graph, Dict[str, str]]:
-    tracer = _Tracer(leaf_modules)
     try:
         graph = tracer.trace(model)
     except Exception as e:  # noqa: BLE001
@@ -503,8 +511,10 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
             model.eval()
         with torch.no_grad():
             if tracer != "fx":
+                # the leaf rule of a fresh fx tracer (its fallbacks only grow while fx traces)
                 try:
-                    nodes = _run_eager(model, inputs, modules, leaf_modules, param_names,
+                    nodes = _run_eager(model, inputs, modules,
+                                       _Tracer(leaf_modules).is_leaf_module, param_names,
                                        shapes)
                 except DataDependent as e:
                     why = f"its control flow depends on tensor values: {e}"
@@ -514,8 +524,8 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
                             "another input could take another path. Use tracer='fx' or "
                             "'auto' (fx keeps such code whole)") from e
             if nodes is None:
-                fx_graph, fallbacks = _trace_fx(model, inputs, leaf_modules,
-                                                "auto" if shapes == "auto" else shapes, why)
+                fx_graph, fallbacks = _trace_fx(model, inputs, _Tracer(leaf_modules), shapes,
+                                                why)
                 nodes = _from_fx(fx_graph)
     finally:
         for m, mode in modes.items():

@@ -2,8 +2,8 @@
 
 A :class:`torch.overrides.TorchFunctionMode` sees every torch function, tensor method
 and operator the forward pass calls, with its real arguments and result.  *Leaf*
-modules (those of ``torch.nn``, as torch.fx decides, TorchScript modules and the
-user's ``leaf_modules``) get an instance-level ``forward`` for the duration of the
+modules (those the fx tracer would not trace into: ``torch.nn`` layers and the user's
+``leaf_modules``; TorchScript modules too) get an instance-level ``forward`` for the duration of the
 trace (removed afterwards) that records each call as one ``call_module`` node; what
 runs inside them is not recorded.  Everything else becomes a ``call_function`` /
 ``call_method`` node.  A tensor argument is replaced by the
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import operator
 import weakref
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -112,6 +112,8 @@ def _needs_values(name: str, args: tuple) -> bool:
         idx = args[1] if isinstance(args[1], tuple) else (args[1],)
         return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx)
     return False
+
+
 # Tensor methods implemented in Python whose operands are swapped
 _REFLECTED = {"__rsub__": operator.sub, "__rtruediv__": operator.truediv,
               "__rdiv__": operator.truediv, "__rpow__": operator.pow,
@@ -133,6 +135,117 @@ def _tuple(v: Any, n: int) -> Optional[Tuple[int, ...]]:
     return None
 
 
+# Shape-only results.  Each ``*_shape`` planner checks a layer's constants once and
+# returns ``run(x)``, or None when the constants are anything but the plain, valid
+# case; ``run`` returns the result for input ``x`` (zeros, or uninitialised with
+# ``empty``: values are not computed in this mode), or None to run the real op, which
+# then raises the real error, if any.  The functional ops (``_SKIP``, per call) and
+# the plain torch.nn layers (``_MODULE_SKIP``, once per module) share them.
+def _conv_shape(nd: int, transposed: bool, w: Any, b: Any, stride: Any, pad: Any, dil: Any,
+                groups: Any, opad: Any, empty: bool) -> Any:
+    """``torch.conv{nd}d`` / ``conv_transpose{nd}d`` with these weights and settings."""
+    stride, dil = _tuple(stride, nd), _tuple(dil, nd)
+    if not isinstance(w, torch.Tensor) or w.dim() != nd + 2 or stride is None or \
+            dil is None or not isinstance(groups, int) or groups < 1 or min(stride) < 1 or \
+            min(dil) < 1:
+        return None
+    k = tuple(w.shape[2:])
+    if transposed:
+        pad, opad = _tuple(pad, nd), _tuple(opad, nd)
+        if pad is None or opad is None or w.shape[0] % groups or \
+                any(o >= max(s, d) for o, s, d in zip(opad, stride, dil)):
+            return None
+        cin, cout = w.shape[0], w.shape[1] * groups
+        # out = (i - 1) * s + c
+        consts = [(s, -2 * p + d * (kk - 1) + o + 1)
+                  for s, p, d, kk, o in zip(stride, pad, dil, k, opad)]
+    else:
+        if pad == "same":
+            if any(s != 1 for s in stride):
+                return None
+            pad = None
+        elif pad == "valid":
+            pad = (0,) * nd
+        else:
+            pad = _tuple(pad, nd)
+            if pad is None or min(pad) < 0:
+                return None
+        if w.shape[0] % groups:
+            return None
+        cin, cout = w.shape[1] * groups, w.shape[0]
+        # out = (i + c) // s + 1, or i for 'same'
+        consts = None if pad is None else [
+            (s, 2 * p - d * (kk - 1) - 1) for s, p, d, kk in zip(stride, pad, dil, k)]
+    if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (cout,)):
+        return None
+    dtype, device = w.dtype, w.device
+
+    def run(x: Any) -> Optional[torch.Tensor]:
+        if type(x) is not torch.Tensor or x.dtype != dtype:
+            return None
+        shape = x.shape
+        if len(shape) == nd + 2:
+            lead = (shape[0], cout)
+            c = shape[1]
+        elif len(shape) == nd + 1:
+            lead = (cout,)
+            c = shape[0]
+        else:
+            return None
+        if c != cin or x.device != device:
+            return None
+        spatial = shape[len(shape) - nd:]
+        if consts is None:
+            out = tuple(spatial)
+        elif transposed:
+            out = tuple((i - 1) * s + c for i, (s, c) in zip(spatial, consts))
+        else:
+            out = tuple((i + c) // s + 1 for i, (s, c) in zip(spatial, consts))
+        if min(out) < 1:
+            return None
+        return x.new_empty(lead + out) if empty else x.new_zeros(lead + out)
+
+    return run
+
+
+def _linear_shape(w: Any, b: Any, empty: bool) -> Any:
+    """``F.linear`` with these weights."""
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or (
+            b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (w.shape[0],))):
+        return None
+    n_out, n_in, dtype, device = w.shape[0], w.shape[1], w.dtype, w.device
+
+    def run(x: Any) -> Optional[torch.Tensor]:
+        if type(x) is not torch.Tensor or x.dim() < 1 or x.shape[-1] != n_in or \
+                x.dtype != dtype or x.device != device:
+            return None
+        shape = tuple(x.shape[:-1]) + (n_out,)
+        return x.new_empty(shape) if empty else x.new_zeros(shape)
+
+    return run
+
+
+def _batch_norm_shape(mean: Any, var: Any, weight: Any, bias: Any, ndims: Tuple[int, ...],
+                      empty: bool) -> Any:
+    """``F.batch_norm`` in eval mode (running statistics) on inputs of ``ndims`` dims:
+    the input's shape."""
+    if not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
+        return None
+    c, device = mean.shape[0] if mean.dim() == 1 else -1, mean.device
+    for t in (mean, var, weight, bias):
+        if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,)
+                              or t.device != device):
+            return None
+
+    def run(x: Any) -> Optional[torch.Tensor]:
+        if type(x) is not torch.Tensor or x.dim() not in ndims or x.shape[1] != c or \
+                x.device != device:
+            return None
+        return x.new_empty(x.shape) if empty else x.new_zeros(x.shape)
+
+    return run
+
+
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONVT_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups",
                "dilation")
@@ -140,114 +253,43 @@ _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "group
                   "output_padding": 0}
 
 
-def _conv_zeros(nd: int, transposed: bool, x: Any, w: Any, b: Any, stride: Any, pad: Any,
-                dil: Any, groups: Any, opad: Any) -> Optional[torch.Tensor]:
-    """Zeros of the shape ``torch.conv{nd}d`` / ``conv_transpose{nd}d`` would return, or
-    None when the arguments are anything but the plain, valid case (the real op runs)."""
-    if type(x) is not torch.Tensor or not isinstance(w, torch.Tensor) or w.dim() != nd + 2:
+def _bound(names: Tuple[str, ...], defaults: Dict[str, Any], args: tuple,
+           kwargs: dict) -> Optional[Dict[str, Any]]:
+    """A call's arguments by name (None when there are more positional ones than names)."""
+    if len(args) > len(names):
         return None
-    if x.dim() not in (nd + 1, nd + 2) or x.dtype != w.dtype or x.device != w.device:
-        return None
-    if b is not None and (not isinstance(b, torch.Tensor) or b.dim() != 1):
-        return None
-    if not isinstance(groups, int) or groups < 1:
-        return None
-    batched = x.dim() == nd + 2
-    xs = x.shape
-    cin = xs[1 if batched else 0]
-    spatial = xs[-nd:]
-    stride, dil = _tuple(stride, nd), _tuple(dil, nd)
-    if stride is None or dil is None or min(stride) < 1 or min(dil) < 1:
-        return None
-    k = w.shape[2:]
-    if transposed:
-        pad, opad = _tuple(pad, nd), _tuple(opad, nd)
-        if pad is None or opad is None or cin != w.shape[0] or w.shape[0] % groups:
-            return None
-        cout = w.shape[1] * groups
-        out = tuple((i - 1) * s - 2 * p + d * (kk - 1) + o + 1
-                    for i, s, p, d, kk, o in zip(spatial, stride, pad, dil, k, opad))
-        if any(o >= max(s, d) for o, s, d in zip(opad, stride, dil)):
-            return None
-    else:
-        if pad == "valid":
-            pad = (0,) * nd
-        if pad == "same":
-            if any(s != 1 for s in stride):
-                return None
-            out = tuple(spatial)
-        else:
-            pad = _tuple(pad, nd)
-            if pad is None or min(pad) < 0:
-                return None
-            out = tuple((i + 2 * p - d * (kk - 1) - 1) // s + 1
-                        for i, s, p, d, kk in zip(spatial, stride, pad, dil, k))
-        if cin != w.shape[1] * groups or w.shape[0] % groups:
-            return None
-        cout = w.shape[0]
-    if min(out) < 1 or (b is not None and b.shape[0] != cout):
-        return None
-    return x.new_zeros(((xs[0], cout) if batched else (cout,)) + out)
+    a = dict(defaults)
+    a.update(zip(names, args))
+    a.update(kwargs)
+    return a
 
 
 def _conv_result(nd: int, transposed: bool, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
-    names = _CONVT_ARGS if transposed else _CONV_ARGS
-    if len(args) > len(names):
+    a = _bound(_CONVT_ARGS if transposed else _CONV_ARGS, _CONV_DEFAULTS, args, kwargs)
+    if a is None or "input" not in a or "weight" not in a:
         return None
-    a = dict(_CONV_DEFAULTS)
-    a.update(zip(names, args))
-    a.update(kwargs)
-    if "input" not in a or "weight" not in a:
-        return None
-    return _conv_zeros(nd, transposed, a["input"], a["weight"], a["bias"], a["stride"],
-                       a["padding"], a["dilation"], a["groups"], a["output_padding"])
-
-
-def _linear_zeros(x: Any, w: Any, b: Any) -> Optional[torch.Tensor]:
-    if type(x) is not torch.Tensor or not isinstance(w, torch.Tensor) or w.dim() != 2:
-        return None
-    if x.dim() < 1 or x.shape[-1] != w.shape[1] or x.dtype != w.dtype or x.device != w.device:
-        return None
-    if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (w.shape[0],)):
-        return None
-    return x.new_zeros(tuple(x.shape[:-1]) + (w.shape[0],))
+    run = _conv_shape(nd, transposed, a["weight"], a["bias"], a["stride"], a["padding"],
+                      a["dilation"], a["groups"], a["output_padding"], empty=False)
+    return None if run is None else run(a["input"])
 
 
 def _linear_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
-    if len(args) > 3:
+    a = _bound(("input", "weight", "bias"), {"bias": None}, args, kwargs)
+    if a is None or "input" not in a:
         return None
-    a = {"bias": None}
-    a.update(zip(("input", "weight", "bias"), args))
-    a.update(kwargs)
-    return _linear_zeros(a.get("input"), a.get("weight"), a["bias"])
-
-
-def _batch_norm_zeros(x: Any, mean: Any, var: Any, weight: Any, bias: Any,
-                      training: Any) -> Optional[torch.Tensor]:
-    """F.batch_norm in eval mode (running statistics): the input's shape."""
-    if type(x) is not torch.Tensor or x.dim() < 2 or training is not False:
-        return None
-    c = x.shape[1]
-    for t, optional in ((mean, False), (var, False), (weight, True), (bias, True)):
-        if t is None and optional:
-            continue
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != c \
-                or t.device != x.device:
-            return None
-    return x.new_zeros(x.shape)
+    run = _linear_shape(a.get("weight"), a["bias"], empty=False)
+    return None if run is None else run(a["input"])
 
 
 def _batch_norm_result(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
-    names = ("input", "running_mean", "running_var", "weight", "bias", "training")
-    if len(args) > 8:
+    a = _bound(("input", "running_mean", "running_var", "weight", "bias", "training",
+                "momentum", "eps"), {"weight": None, "bias": None, "training": False},
+               args, kwargs)
+    if a is None or "input" not in a or a["training"] is not False:
         return None
-    a = {"weight": None, "bias": None, "training": False}
-    a.update(zip(names, args))
-    a.update(kwargs)
-    if "input" not in a:
-        return None
-    return _batch_norm_zeros(a["input"], a.get("running_mean"), a.get("running_var"),
-                             a["weight"], a["bias"], a["training"])
+    run = _batch_norm_shape(a.get("running_mean"), a.get("running_var"), a["weight"],
+                            a["bias"], tuple(range(2, 64)), empty=False)
+    return None if run is None else run(a["input"])
 
 
 def _skippers() -> Dict[Any, Any]:
@@ -264,111 +306,21 @@ def _skippers() -> Dict[Any, Any]:
 _SKIP = _skippers()
 
 
-# Exact torch.nn classes whose forward(x) is one of the ops above (or ReLU): with
-# skip_arithmetic their result is made without running forward at all.  Each factory
-# takes the module and returns ``run(x)`` (the module's constants checked once), or
-# None when the module is anything but the plain case; ``run`` returns None to run the
-# real forward (which then raises the real error, if any).  Results are uninitialised
-# (``new_empty``): values are not computed in this mode.
 def _conv_module(nd: int, transposed: bool):
     def make(m: Any) -> Any:
-        w, b, groups = m.weight, m.bias, m.groups
-        stride, dil = _tuple(m.stride, nd), _tuple(m.dilation, nd)
-        if m.padding_mode != "zeros" or not isinstance(w, torch.Tensor) or \
-                w.dim() != nd + 2 or stride is None or dil is None or \
-                not isinstance(groups, int) or groups < 1 or min(stride) < 1 or min(dil) < 1:
+        if m.padding_mode != "zeros":
             return None
-        k = tuple(w.shape[2:])
-        if transposed:
-            pad, opad = _tuple(m.padding, nd), _tuple(m.output_padding, nd)
-            if pad is None or opad is None or w.shape[0] % groups or \
-                    any(o >= max(s, d) for o, s, d in zip(opad, stride, dil)):
-                return None
-            cin, cout = w.shape[0], w.shape[1] * groups
-            # out = (i - 1) * s + c
-            consts = [(s, -s - 2 * p + d * (kk - 1) + o + 1)
-                      for s, p, d, kk, o in zip(stride, pad, dil, k, opad)]
-        else:
-            pad = m.padding
-            if pad == "same":  # torch.nn refuses 'same' with stride > 1
-                pad = None
-            elif pad == "valid":
-                pad = (0,) * nd
-            else:
-                pad = _tuple(pad, nd)
-                if pad is None or min(pad) < 0:
-                    return None
-            cin, cout = w.shape[1] * groups, w.shape[0]
-            # out = (i + c) // s + 1, or i for 'same'
-            consts = None if pad is None else [
-                (s, 2 * p - d * (kk - 1) - 1) for s, p, d, kk in zip(stride, pad, dil, k)]
-        if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (cout,)):
-            return None
-        dtype, device = w.dtype, w.device
-
-        def run(x: Any) -> Optional[torch.Tensor]:
-            if type(x) is not torch.Tensor or x.dtype != dtype:
-                return None
-            shape = x.shape
-            if len(shape) == nd + 2:
-                lead = (shape[0], cout)
-                c = shape[1]
-            elif len(shape) == nd + 1:
-                lead = (cout,)
-                c = shape[0]
-            else:
-                return None
-            if c != cin or x.device != device:
-                return None
-            spatial = shape[len(shape) - nd:]
-            if consts is None:
-                out = tuple(spatial)
-            elif transposed:
-                out = tuple((i - 1) * s + c + s for i, (s, c) in zip(spatial, consts))
-            else:
-                out = tuple((i + c) // s + 1 for i, (s, c) in zip(spatial, consts))
-            if min(out) < 1:
-                return None
-            return x.new_empty(lead + out)
-
-        return run
+        return _conv_shape(nd, transposed, m.weight, m.bias, m.stride, m.padding, m.dilation,
+                           m.groups, m.output_padding if transposed else 0, empty=True)
     return make
-
-
-def _linear_module(m: Any) -> Any:
-    w, b = m.weight, m.bias
-    if not isinstance(w, torch.Tensor) or w.dim() != 2 or (
-            b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (w.shape[0],))):
-        return None
-    n_out, n_in, dtype, device = w.shape[0], w.shape[1], w.dtype, w.device
-
-    def run(x: Any) -> Optional[torch.Tensor]:
-        if type(x) is not torch.Tensor or x.dim() < 1 or x.shape[-1] != n_in or \
-                x.dtype != dtype or x.device != device:
-            return None
-        return x.new_empty(tuple(x.shape[:-1]) + (n_out,))
-
-    return run
 
 
 def _bn_module(ndims: Tuple[int, ...]):
     def make(m: Any) -> Any:
-        mean, var = m.running_mean, m.running_var
-        if m.training or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
+        if m.training:
             return None
-        c, device = mean.shape[0] if mean.dim() == 1 else -1, mean.device
-        for t in (mean, var, m.weight, m.bias):
-            if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,)
-                                  or t.device != device):
-                return None
-
-        def run(x: Any) -> Optional[torch.Tensor]:
-            if type(x) is not torch.Tensor or x.dim() not in ndims or x.shape[1] != c or \
-                    x.device != device:
-                return None
-            return x.new_empty(x.shape)
-
-        return run
+        return _batch_norm_shape(m.running_mean, m.running_var, m.weight, m.bias, ndims,
+                                 empty=True)
     return make
 
 
@@ -383,20 +335,16 @@ def _relu_module(m: Any) -> Any:
     return run
 
 
+# Exact torch.nn classes whose forward(x) is one of the ops above (or ReLU): with
+# skip_arithmetic they are not run at all.
 _MODULE_SKIP: Dict[type, Any] = {
     nn.Conv1d: _conv_module(1, False), nn.Conv2d: _conv_module(2, False),
     nn.Conv3d: _conv_module(3, False), nn.ConvTranspose1d: _conv_module(1, True),
     nn.ConvTranspose2d: _conv_module(2, True), nn.ConvTranspose3d: _conv_module(3, True),
-    nn.Linear: _linear_module, nn.BatchNorm1d: _bn_module((2, 3)),
-    nn.BatchNorm2d: _bn_module((4,)), nn.BatchNorm3d: _bn_module((5,)), nn.ReLU: _relu_module,
+    nn.Linear: lambda m: _linear_shape(m.weight, m.bias, empty=True),
+    nn.BatchNorm1d: _bn_module((2, 3)), nn.BatchNorm2d: _bn_module((4,)),
+    nn.BatchNorm3d: _bn_module((5,)), nn.ReLU: _relu_module,
 }
-
-
-def _is_leaf_type(m: nn.Module) -> bool:
-    # torch.fx's default: modules of torch.nn (not containers) are not traced into
-    mod = type(m).__module__
-    return (mod.startswith("torch.nn") or mod.startswith("torch.ao.nn")) and \
-        not isinstance(m, nn.Sequential)
 
 
 def _has_tensor(obj: Any) -> bool:
@@ -419,20 +367,16 @@ def _describe_value(obj: Any) -> Any:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, modules: Dict[str, nn.Module], leaf_modules: Sequence[Any],
+    def __init__(self, modules: Dict[str, nn.Module], is_leaf: Callable[[nn.Module, str], bool],
                  param_names: Dict[int, str], skip_arithmetic: bool) -> None:
         super().__init__()
-        leaf_types = tuple(t for t in leaf_modules if isinstance(t, type))
-        leaf_names = {t for t in leaf_modules if isinstance(t, str)}
         seen = set()
         self.leaves: List[Tuple[nn.Module, str]] = []
         for name, m in modules.items():
             if id(m) in seen:  # a shared module is known by its first name
                 continue
             seen.add(id(m))
-            if name != "" and (name in leaf_names or isinstance(m, torch.jit.ScriptModule)
-                               or (bool(leaf_types) and isinstance(m, leaf_types))
-                               or _is_leaf_type(m)):
+            if name != "" and (isinstance(m, torch.jit.ScriptModule) or is_leaf(m, name)):
                 self.leaves.append((m, name))
         self._patched: List[Tuple[nn.Module, Any]] = []
         self.param_names = param_names
@@ -618,14 +562,16 @@ class _Recorder(TorchFunctionMode):
 
 
 def trace_eager(model: nn.Module, inputs: Tuple[Any, ...], modules: Dict[str, nn.Module],
-                leaf_modules: Sequence[Any], param_names: Dict[int, str],
+                is_leaf: Callable[[nn.Module, str], bool], param_names: Dict[int, str],
                 skip_arithmetic: bool) -> List[Node]:
     """Run ``model(*inputs)`` once (the caller sets eval mode / no_grad) and return the
     recorded nodes.  ``modules``: ``dict(model.named_modules(remove_duplicate=False))``;
-    ``param_names``: id -> qualified name of every parameter and buffer.  Raises
+    ``is_leaf(module, qualified_name)``: the fx tracer's leaf rule (TorchScript modules
+    are leaves too); ``param_names``: id -> qualified name of every parameter and
+    buffer.  Raises
     :class:`DataDependent`, :class:`NeedsValues` (only with ``skip_arithmetic``) or
     whatever the forward pass raises."""
-    rec = _Recorder(modules, leaf_modules, param_names, skip_arithmetic)
+    rec = _Recorder(modules, is_leaf, param_names, skip_arithmetic)
     placeholders = tuple(rec.input(t, i) if isinstance(t, torch.Tensor) else t
                          for i, t in enumerate(inputs))
     del placeholders

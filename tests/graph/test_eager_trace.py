@@ -293,7 +293,7 @@ def test_auto_shapes_do_not_compute_convolutions(monkeypatch):
 def test_a_dead_tensors_id_does_not_name_a_new_tensor():
     from pyprune.graph._eager import _Recorder
 
-    rec = _Recorder({}, [], {}, False)
+    rec = _Recorder({}, lambda m, name: False, {}, False)
     t = torch.zeros(3)
     node = rec.input(t, 0)
     assert rec._arg(t) is node
