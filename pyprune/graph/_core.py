@@ -161,18 +161,14 @@ class GraphState:
         return find_root(self.parent, e)
 
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if ra < rb:
-                self.parent[rb] = ra
-            else:
-                self.parent[ra] = rb
+        self.unify((a,), (b,))
 
     def unify(self, a: Sequence[int], b: Sequence[int]) -> None:
+        """Unite ``a[i]`` with ``b[i]`` for every i; the smaller root becomes the root."""
         if len(a) != len(b):  # pragma: no cover - handlers check sizes first
             raise AssertionError("unify: length mismatch")
         parent = self.parent
-        for x, y in zip(a, b):  # union() inlined (with path halving): the hot loop
+        for x, y in zip(a, b):  # find with path halving, inline: the hot loop
             while parent[x] != x:
                 parent[x] = x = parent[parent[x]]
             while parent[y] != y:
