@@ -282,52 +282,43 @@ def _kept_mask(graph: DependencyGraph, keep: Dict[int, torch.Tensor]) -> torch.T
     return mask
 
 
+def _short(graph: DependencyGraph, idx: torch.Tensor, lens: List[int], mask: torch.Tensor,
+           keep: Dict[int, torch.Tensor], min_channels: int) -> List[int]:
+    """Keys ``layout * n_groups + group`` of every (layout, pruned group) pair whose
+    layout keeps fewer than ``min(min_channels, its channels of the group)``, counted for
+    all pairs at once; ``idx``: the layouts' flat channel indices, concatenated, ``lens``
+    their lengths, ``mask``: :func:`_kept_mask`."""
+    n_groups = len(graph.groups)
+    pruned = torch.zeros(n_groups, dtype=torch.bool)
+    pruned[list(keep)] = True
+    seg = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+    key = seg * n_groups + graph.channel_group[idx]
+    size = len(lens) * n_groups
+    total = torch.bincount(key, minlength=size)
+    kept = torch.bincount(key[mask[idx]], minlength=size)
+    bad = (kept < total.clamp_max(min_channels)) & pruned.repeat(len(lens))
+    return bad.nonzero().flatten().tolist()
+
+
 def _repair_needed(graph: DependencyGraph, keep: Dict[int, torch.Tensor], cfg: PlanConfig) -> bool:
-    """Whether :func:`_repair` would change ``keep``: some layout holding channels of a
-    pruned group keeps fewer than ``min(min_channels, its channels of the group)``."""
+    """Whether :func:`_repair` would change ``keep``."""
     layouts, _, idx = _layouts(graph)
     if not layouts:
         return False
-    n_groups = len(graph.groups)
-    mask = _kept_mask(graph, keep)
-    pruned = torch.zeros(n_groups, dtype=torch.bool)
-    pruned[list(keep)] = True
-    seg = torch.repeat_interleave(torch.arange(len(layouts)),
-                                  torch.tensor([len(t) for t in layouts]))
-    key = seg * n_groups + graph.channel_group[idx]
-    size = len(layouts) * n_groups
-    total = torch.bincount(key, minlength=size)
-    kept = torch.bincount(key[mask[idx]], minlength=size)
-    bad = (kept < total.clamp_max(cfg.min_channels)) & pruned.repeat(len(layouts))
-    return bool(bad.any())
+    return bool(_short(graph, idx, [len(t) for t in layouts], _kept_mask(graph, keep), keep,
+                       cfg.min_channels))
 
 
 def _repair(graph: DependencyGraph, keep: Dict[int, torch.Tensor], flat: torch.Tensor,
             cfg: PlanConfig) -> None:
     """Make every layer keep at least ``min_channels`` channels of each pruned group."""
-    mask = torch.ones(graph.num_channels, dtype=torch.bool)
-    for gid, k in keep.items():
-        g = graph.groups[gid]
-        mask[g.offset:g.offset + g.size] = False
-        mask[g.offset + k] = True
-    pruned = torch.zeros(len(graph.groups), dtype=torch.bool)
-    pruned[list(keep)] = True
     maps = graph.channel_maps
     if not maps:
         return
     n_groups = len(graph.groups)
-    # count, for every (layout, group) pair at once, channels held and channels kept
-    idx = torch.cat(maps)
-    seg = torch.repeat_interleave(torch.arange(len(maps)),
-                                  torch.tensor([m.numel() for m in maps]))
-    gids = graph.channel_group[idx]
-    key = seg * n_groups + gids
-    size = len(maps) * n_groups
-    total = torch.bincount(key, minlength=size)
-    kept = torch.bincount(key, weights=mask[idx].to(torch.float64), minlength=size)
-    need = total.clamp_max(cfg.min_channels)
-    group_of_key = torch.arange(size) % n_groups
-    bad = ((kept < need) & pruned[group_of_key]).nonzero().flatten().tolist()
+    mask = _kept_mask(graph, keep)
+    bad = _short(graph, torch.cat(maps), [m.numel() for m in maps], mask, keep,
+                 cfg.min_channels)
     changed = set()
     for k in bad:
         mid, gid = divmod(k, n_groups)
