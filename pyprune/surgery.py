@@ -128,7 +128,7 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     mask = _checked_mask(graph, plan.keep)
     if mask is None:  # something is off: the per-group checks raise the first error
-        mask = torch.ones(graph.num_channels, dtype=torch.bool)
+        checked: Dict[int, torch.Tensor] = {}
         for gid, k in plan.keep.items():
             if isinstance(gid, bool) or not isinstance(gid, int) or not 0 <= gid < len(graph.groups):
                 raise ValueError(f"plan.keep has an unknown group id {gid!r}")
@@ -136,9 +136,8 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
             if not g.prunable:
                 raise ValueError(f"plan.keep names group {gid}, which is not prunable: "
                                  + "; ".join(g.reasons))
-            k = _check_keep(gid, k, g.size)
-            mask[g.offset:g.offset + g.size] = False
-            mask[g.offset + k] = True
+            checked[gid] = _check_keep(gid, k, g.size)
+        mask = _kept_mask(graph, checked)
     look = _Lookup(model)
     pairs: List[Tuple[torch.Tensor, int, int]] = []
     keeps: List[torch.Tensor] = []

@@ -245,3 +245,19 @@ def test_prune_twice_and_without_backup():
     assert len(history(model)) == 2
     assert model.c1.out_channels == 2
     assert model(X).shape == (4, 3)
+
+
+def test_keep_as_lists_or_int32_gives_the_same_model():
+    # keep entries that are not int64 CPU tensors take the per-group checks
+    base, g, plan = setup()
+    apply_plan(base, plan)
+    base_snap = snapshot(base)
+    for convert in (lambda k: k.tolist(), lambda k: k.to(torch.int32)):
+        model, g2, plan2 = setup()
+        plan2.keep = {gid: convert(k) for gid, k in plan2.keep.items()}
+        apply_plan(model, plan2)
+        got = snapshot(model)
+        assert got[0].keys() == base_snap[0].keys()
+        for name in got[0]:
+            assert torch.equal(got[0][name][0], base_snap[0][name][0]), name
+        assert got[1] == base_snap[1]
