@@ -24,19 +24,15 @@ def _out_major(m: nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-_L1_BLOCK = 1 << 20  # elements per block of rows (4 MiB of float32)
 _NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
-def _l1_rows(w: torch.Tensor, scratch: Dict[Any, torch.Tensor]) -> torch.Tensor:
+def _l1_rows(w: torch.Tensor) -> torch.Tensor:
     """Sum of ``|w|`` along each row of ``w`` ([out, k]).
 
-    CPU float32/float64 with contiguous rows: one native pass (``_C.row_abs_sum_cpu``:
-    reads ``w`` once, accumulates in float64, threads from
-    :func:`pyprune.ops.get_num_threads`).  Otherwise ``w.abs().sum(1)`` a block of rows
-    at a time, the ``|w|`` temporary reused across blocks and layers (``scratch``, by
-    dtype and device): a full-size temporary per layer costs fresh pages on every call
-    for large layers.
+    CPU float32/float64 with contiguous rows (what :func:`_out_major` gives there): one
+    native pass (``_C.row_abs_sum_cpu``: reads ``w`` once, accumulates in float64,
+    threads from :func:`pyprune.ops.get_num_threads`).  Otherwise ``w.abs().sum(1)``.
     """
     n, k = w.shape
     code = _NATIVE_DTYPES.get(w.dtype)
@@ -45,21 +41,7 @@ def _l1_rows(w: torch.Tensor, scratch: Dict[Any, torch.Tensor]) -> torch.Tensor:
         _C.row_abs_sum_cpu(w.data_ptr(), code, n, k, w.stride(0) if n > 1 else k,
                            out.data_ptr(), get_num_threads())
         return out
-    rows = max(1, _L1_BLOCK // max(1, k))
-    if n * k <= 1 << 16:
-        return w.abs().sum(1)
-    rows = min(rows, n)
-    key = (w.dtype, w.device)
-    buf = scratch.get(key)
-    if buf is None or buf.numel() < rows * k:
-        buf = scratch[key] = w.new_empty(max(rows * k, _L1_BLOCK))
-    out = w.new_empty(n)
-    for i in range(0, n, rows):
-        blk = w[i:i + rows]
-        b = buf[:blk.numel()].view(blk.shape)
-        torch.abs(blk, out=b)
-        torch.sum(b, 1, out=out[i:i + rows])
-    return out
+    return w.abs().sum(1)
 
 
 def filter_norms(model: nn.Module, p: float = 1.0) -> Dict[str, torch.Tensor]:
@@ -71,7 +53,6 @@ def filter_norms(model: nn.Module, p: float = 1.0) -> Dict[str, torch.Tensor]:
     float32 sums are off by up to 3.4e-6 relative on VGG-16's convs.
     """
     out: Dict[str, torch.Tensor] = {}
-    scratch: Dict[Any, torch.Tensor] = {}
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(
@@ -80,7 +61,7 @@ def filter_norms(model: nn.Module, p: float = 1.0) -> Dict[str, torch.Tensor]:
                 if not w.dtype.is_floating_point or w.dtype in (torch.float16, torch.bfloat16):
                     w = w.float()
                 if p == 1.0:
-                    out[name] = _l1_rows(w, scratch)
+                    out[name] = _l1_rows(w)
                 else:
                     out[name] = torch.linalg.vector_norm(w, ord=p, dim=1)
     return out
