@@ -18,6 +18,18 @@ def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn
                          nn.BatchNorm2d(cout), nn.ReLU())
 
 
+class Between(nn.Module):
+    """``cbr(3, mid)``, then ``fn``, then ``cbr(mid, out)``: one op between two layers."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], mid: int = 8,
+                 out: int = 4) -> None:
+        super().__init__()
+        self.a, self.b, self.fn = cbr(3, mid), cbr(mid, out), fn
+
+    def forward(self, x):
+        return self.b(self.fn(self.a(x)))
+
+
 class ChainFlatten(nn.Module):
     """conv -> BN -> ReLU chains, then flatten of a C x H x W map into a Linear."""
 

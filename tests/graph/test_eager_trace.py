@@ -16,7 +16,7 @@ from pyprune.plan import make_plan
 from pyprune.criteria.random import random_scores
 from pyprune.surgery import apply_plan
 
-from pyprune_zoo import ZOO, cbr, make
+from pyprune_zoo import ZOO, Between, cbr, make
 
 
 def summary(g):
@@ -119,17 +119,11 @@ def test_size_int_keeps_its_mark_through_arithmetic():
 
 
 def test_in_place_write_into_channels_freezes_them():
-    class Write(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = cbr(3, 6), cbr(6, 4)
+    def write(y):
+        y[:, :2] = 0  # __setitem__: no handler, its channels must stay
+        return y
 
-        def forward(self, x):
-            y = self.a(x)
-            y[:, :2] = 0  # __setitem__: no handler, its channels must stay
-            return self.b(y)
-
-    model, x = Write().eval(), torch.randn(1, 3, 4, 4)
+    model, x = Between(write, mid=6).eval(), torch.randn(1, 3, 4, 4)
     g = build_graph(model, x)
     assert g.tracer == "eager"
     assert not g.groups_of("a.0")[0].prunable
@@ -331,16 +325,9 @@ _FUNCTIONAL = {
 
 @pytest.mark.parametrize("name", sorted(_FUNCTIONAL))
 def test_functional_ops_and_removing_zeroed_channels(name):
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = cbr(3, 8), cbr(8, 4)
-
-        def forward(self, x):
-            return self.b(_FUNCTIONAL[name](self.a(x)))
-
     torch.manual_seed(0)
-    model, x = M().eval().double(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    model = Between(_FUNCTIONAL[name]).eval().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     g = build_graph(model, x)
     assert g.tracer == "eager"
     grp = g.groups_of("a.0")[0]

@@ -11,7 +11,7 @@ from pyprune.plan import make_plan
 from pyprune.criteria.random import random_scores
 from pyprune.surgery import apply_plan
 
-from pyprune_zoo import ZOO, cbr, make
+from pyprune_zoo import ZOO, Between, cbr, make
 
 
 def _group(g, producer):
@@ -239,15 +239,17 @@ def test_build_graph_leaves_model_unchanged():
         assert torch.equal(v, sd[k]), k
 
 
+@pytest.mark.parametrize("tracer", ["auto", "fx"])  # auto: eager but for "untraceable"
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_fake_and_real_shape_propagation_agree(name):
+def test_fake_and_real_shape_propagation_agree(name, tracer):
     model, x = make(name)
 
     def summary(g):
         return [(grp.size, grp.producers, grp.reasons, [(m.name, m.dim, m.block) for m in grp.members])
                 for grp in g.groups]
 
-    assert summary(build_graph(model, x, shapes="fake")) == summary(build_graph(model, x, shapes="real"))
+    assert summary(build_graph(model, x, shapes="fake", tracer=tracer)) == \
+        summary(build_graph(model, x, shapes="real", tracer=tracer))
 
 
 def test_build_graph_argument_errors():
@@ -330,19 +332,13 @@ def test_a_failing_handler_keeps_channels_whole(monkeypatch):
     assert "handler bug" in g.explain("l1.0")
 
 
-def test_tensor_constants_do_not_stick_to_the_model():
-    class Const(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = cbr(3, 4), cbr(4, 2)
-
-        def forward(self, x):
-            x = self.a(x) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
-            return self.b(x)
-
-    model = Const().eval()
+@pytest.mark.parametrize("tracer", ["eager", "fx"])  # fx stores constants on the root
+def test_tensor_constants_do_not_stick_to_the_model(tracer):
+    model = Between(lambda y: y * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1),
+                    mid=4, out=2).eval()
     keys = set(model.__dict__)
-    g = build_graph(model, torch.randn(1, 3, 4, 4))
+    g = build_graph(model, torch.randn(1, 3, 4, 4), tracer=tracer)
+    assert g.tracer == tracer
     assert set(model.__dict__) == keys
     assert not _group(g, "a.0").prunable  # the constant has a fixed channel count
     assert _group(g, "b.0").reasons == ["model output"]
