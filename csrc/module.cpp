@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -221,6 +223,40 @@ class SelectBatch {
     select_plan_tensor(t, /*force_order=*/true);
   }
 
+  // Original (sizes, strides) of every tensor, as the batch was built.
+  py::list original_layouts() const {
+    py::list out(t_.size());
+    for (size_t i = 0; i < t_.size(); ++i)
+      out[i] = py::make_tuple(py::cast(t_[i].sizes), py::cast(t_[i].strides));
+    return out;
+  }
+
+  // Copies the bytes that in-place compaction overwrites (the first kept_bytes
+  // of each tensor, from its data pointer) into a buffer the batch owns, so
+  // restore() can put them back.  Returns the buffer's size in bytes.  Throws
+  // (MemoryError) before touching anything if the buffer cannot be allocated.
+  int64_t snapshot(int threads) {
+    std::vector<std::pair<char*, int64_t>> regions = written_regions();
+    int64_t total = 0;
+    for (const auto& r : regions) total += r.second;
+    std::unique_ptr<char[]> saved(new char[static_cast<size_t>(std::max<int64_t>(total, 1))]);  // not zeroed
+    {
+      py::gil_scoped_release nogil;
+      copy_regions(regions, saved.get(), /*to_regions=*/false, threads);
+    }
+    saved_ = std::move(saved);
+    has_snapshot_ = true;
+    return total;
+  }
+
+  // Writes the snapshot back (the data only; the caller restores the layouts).
+  void restore(int threads) const {
+    if (!has_snapshot_) throw std::invalid_argument("SelectBatch.restore: no snapshot was taken");
+    std::vector<std::pair<char*, int64_t>> regions = written_regions();
+    py::gil_scoped_release nogil;
+    copy_regions(regions, saved_.get(), /*to_regions=*/true, threads);
+  }
+
   // Compacts on the CPU, in place (dsts None) or into dsts[i] (one address per tensor).
   void run_cpu(const std::optional<std::vector<uintptr_t>>& dsts, int threads) const {
     std::vector<SelectJob> jobs = make_jobs(dsts, 0, "select_cpu");
@@ -264,6 +300,38 @@ class SelectBatch {
 #endif
 
  private:
+  // (start, bytes) that in-place compaction writes, per tensor with kept bytes.
+  std::vector<std::pair<char*, int64_t>> written_regions() const {
+    std::vector<std::pair<char*, int64_t>> regions;
+    regions.reserve(t_.size());
+    for (const auto& t : t_)
+      if (t.kept_bytes > 0) regions.emplace_back(t.data, t.kept_bytes);
+    return regions;
+  }
+
+  // Copies the regions, laid end to end in buf, from (to_regions false) or to them.
+  static void copy_regions(const std::vector<std::pair<char*, int64_t>>& regions, char* buf, bool to_regions,
+                           int threads) {
+    std::vector<int64_t> start(regions.size() + 1, 0);
+    for (size_t i = 0; i < regions.size(); ++i) start[i + 1] = start[i] + regions[i].second;
+    const int64_t total = start.back();
+    constexpr int64_t kGrain = 1 << 20;  // bytes per block at least: small snapshots stay on one thread
+    parallel_for(total, threads, kGrain, [&](int64_t b, int64_t e, int) {
+      // the regions overlapping bytes [b, e) of the buffer
+      size_t i = static_cast<size_t>(std::upper_bound(start.begin(), start.end(), b) - start.begin()) - 1;
+      for (; i < regions.size() && start[i] < e; ++i) {
+        const int64_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
+        if (hi <= lo) continue;
+        char* region = regions[i].first + (lo - start[i]);
+        if (to_regions) {
+          std::memcpy(region, buf + lo, static_cast<size_t>(hi - lo));
+        } else {
+          std::memcpy(buf + lo, region, static_cast<size_t>(hi - lo));
+        }
+      }
+    });
+  }
+
   // Jobs of the tensors with kept bytes, into dsts[i] or (dsts None) to base.
   std::vector<SelectJob> make_jobs(const std::optional<std::vector<uintptr_t>>& dsts, uintptr_t base,
                                    const char* op) const {
@@ -336,6 +404,8 @@ class SelectBatch {
   }
 
   std::vector<SelectTensor> t_;
+  std::unique_ptr<char[]> saved_;  // snapshot(): the written regions, end to end
+  bool has_snapshot_ = false;
   std::vector<py::object> tensors_;  // fast path: the tensors of t_
   py::object device_;
   py::object keepalive_;
@@ -423,6 +493,11 @@ PYBIND11_MODULE(_C, m) {
       .def("not_dense", &SelectBatch::not_dense, py::arg("nonempty"))
       .def("overlap", &SelectBatch::overlap)
       .def("layouts", &SelectBatch::layouts)
+      .def("original_layouts", &SelectBatch::original_layouts)
+      .def("snapshot", &SelectBatch::snapshot, py::arg("threads"),
+           "Saves the bytes in-place compaction overwrites (for restore); returns their number.")
+      .def("restore", &SelectBatch::restore, py::arg("threads"),
+           "Writes the snapshot back (data only; the caller restores each tensor's layout).")
       .def("set_source", &SelectBatch::set_source, py::arg("i"), py::arg("data"), py::arg("strides"))
       .def("run_cpu", &SelectBatch::run_cpu, py::arg("dsts"), py::arg("threads"),
            "Compacts kept channel sub-grids on the CPU, in place (dsts None) or into dsts.");

@@ -28,13 +28,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from . import ops
+from .ops.select import _InPlace
 from .plan import Plan, _kept_mask, _layouts
 
 __all__ = ["apply_plan", "replay", "history", "HISTORY_ATTR"]
 
 HISTORY_ATTR = "_pyprune_history"
-_WHOLE_BACKUP = 1 << 14  # tensors up to this many elements are backed up whole
 
 
 def history(model: nn.Module) -> List[Dict[str, Any]]:
@@ -217,51 +216,17 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
 
 
 def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
-    # The op compacts each tensor within its own storage, writing only the first
-    # new-numel elements of the tensor's storage region: those are all a rollback
-    # needs back (the tail is untouched), with the original sizes and strides.
-    new_sizes: Dict[int, List[int]] = {}
-    tensors: Dict[int, torch.Tensor] = {}
-    for (t, dim, block), keep in zip(prep.pairs, prep.keeps):
-        sizes = new_sizes.setdefault(id(t), list(t.shape))
-        tensors[id(t)] = t
-        sizes[dim] = int(keep.numel()) * block
-    saved = []
-    # The regions of contiguous tensors are views (their storage from the offset is the
-    # tensor itself) copied into one buffer per dtype and device by one cat; a region
-    # is then (buffer key, start, length).
-    views: Dict[Tuple[torch.dtype, torch.device], List[torch.Tensor]] = {}
-    used: Dict[Tuple[torch.dtype, torch.device], int] = {}
-    with torch.no_grad():
-        for key, t in tensors.items():
-            region: Any = None
-            if backup and t.numel() > 0:
-                n_new = 1
-                for v in new_sizes[key]:
-                    n_new *= v
-                if t.is_contiguous():
-                    bkey = (t.dtype, t.device)
-                    start = used.get(bkey, 0)
-                    if t.numel() <= _WHOLE_BACKUP:  # small: all of it, through a cheaper view
-                        n_new = t.numel()
-                        view = t.view(-1)
-                    else:
-                        view = torch.as_strided(t, (n_new,), (1,), t.storage_offset())
-                    views.setdefault(bkey, []).append(view)
-                    used[bkey] = start + n_new
-                    region = (bkey, start, n_new)
-                else:
-                    flat = t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),))
-                    region = flat[:n_new].clone()
-            saved.append((t, t.untyped_storage(), t.storage_offset(), t.size(), t.stride(), region))
-        buffers = {bkey: torch.cat(v) for bkey, v in views.items()}
+    # Validated before anything changes; with ``backup`` the compaction first saves
+    # what it overwrites (the front of each tensor's storage region), so undo() can put
+    # the data back as well as every tensor's storage, shape and strides.
+    job = _InPlace("select_channels_", prep.pairs, prep.keeps, None) if prep.pairs else None
     hist = getattr(model, HISTORY_ATTR, None)
     had_hist = hist is not None
     done_attrs: List[Tuple[nn.Module, str, Any]] = []
     try:
-        if prep.pairs:
+        if job is not None:
             with torch.no_grad():
-                ops.select_channels_(prep.pairs, prep.keeps)
+                job.run(backup)
         for mod, attr, old, new in prep.attrs:
             setattr(mod, attr, new)
             done_attrs.append((mod, attr, old))
@@ -269,15 +234,8 @@ def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
         new_hist.append(prep.record)
         object.__setattr__(model, HISTORY_ATTR, new_hist)
     except BaseException:
-        with torch.no_grad():
-            for t, storage, offset, size, stride, region in saved:
-                t.set_(storage, offset, size, stride)
-                if region is not None:
-                    if isinstance(region, tuple):
-                        bkey, start, n = region
-                        region = buffers[bkey][start:start + n]
-                    flat = t.new_empty(0).set_(storage, offset, (t.numel(),))
-                    flat[:region.numel()].copy_(region)
+        if job is not None:
+            job.undo()
         for mod, attr, old in reversed(done_attrs):
             setattr(mod, attr, old)
         if had_hist:

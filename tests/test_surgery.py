@@ -149,30 +149,49 @@ def test_replay_rebuilds_the_same_structure():
     assert history(fresh) == history(model)
 
 
-@pytest.mark.parametrize("whole", [True, False], ids=["whole-backup", "prefix-backup"])
-def test_failure_inside_the_op_rolls_everything_back(monkeypatch, whole):
-    import pyprune.surgery as surgery
+class _FailMidway:
+    """A SelectBatch stand-in whose layouts() yields half the new layouts, then raises:
+    the native op has compacted every tensor and half of them have their new shape."""
 
-    # small tensors are backed up whole, large ones only in the prefix the op overwrites
-    monkeypatch.setattr(surgery, "_WHOLE_BACKUP", 1 << 30 if whole else 0)
+    def __init__(self, batch):
+        self._batch = batch
+
+    def __getattr__(self, name):
+        return getattr(self._batch, name)
+
+    def layouts(self):
+        real = self._batch.layouts()
+        yield from real[:len(real) // 2]
+        raise RuntimeError("injected failure")
+
+
+@pytest.mark.parametrize("backup", [True, False])
+def test_failure_inside_the_op_rolls_everything_back(monkeypatch, backup):
+    from pyprune.ops.select import _InPlace
+
     model, g, plan = setup()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(X).sum().backward()
     opt.step()
     model(X).sum().backward()
     before = snapshot(model, opt)
-    real = pyprune.ops.select_channels_
+    real_init = _InPlace.__init__
 
-    def half_then_fail(pairs, keep):
-        n = len(pairs) // 2
-        real(list(pairs[:n]), list(keep[:n]))  # really compacts half of the tensors
-        raise RuntimeError("injected failure")
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.batch = _FailMidway(self.batch)
 
-    monkeypatch.setattr(pyprune.ops, "select_channels_", half_then_fail)
+    monkeypatch.setattr(_InPlace, "__init__", init)
     with pytest.raises(RuntimeError, match="injected"):
-        apply_plan(model, plan, optimizer=opt)
-    assert_same(snapshot(model, opt), before)
-    monkeypatch.setattr(pyprune.ops, "select_channels_", real)
+        apply_plan(model, plan, optimizer=opt, backup=backup)
+    after = snapshot(model, opt)
+    if backup:
+        assert_same(after, before)
+    else:  # without the backup: storages, shapes, strides and attributes, not the data
+        (sa, aa, _, ha), (sb, ab, _, hb) = after, before
+        assert {k: v[1:4] for k, v in sa.items()} == {k: v[1:4] for k, v in sb.items()}
+        assert aa == ab and ha == hb
+    monkeypatch.undo()
     apply_plan(model, plan, optimizer=opt)  # and the model is still prunable
     assert model(X).shape == (4, 3)
 

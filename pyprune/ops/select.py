@@ -251,25 +251,88 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     All arguments are validated before any memory is touched: on error nothing
     is modified.  Returns the tensors of ``pairs`` (compacted), in order.
     """
-    op = "select_channels_"
-    nthreads = resolve_threads(op, threads)
-    tensors, sels, batch, device = _validate(op, pairs, keep, in_place=True)
-    if not tensors:
-        return []
-    if device.type == "cpu":
-        batch.run_cpu(None, nthreads)
-    elif _native_cuda(device):
-        _cuda_launch(device, batch, None)
-    else:
-        news = [_fallback(t, s) for t, s in zip(tensors, sels)]
-        with torch.no_grad():
-            for t, new in zip(tensors, news):
-                t.set_(new)
-        return [p[0] for p in pairs]
-    with torch.no_grad():
-        for t, (sizes, strides) in zip(tensors, batch.layouts()):
-            t.set_(t.untyped_storage(), t.storage_offset(), sizes, strides)
+    _InPlace("select_channels_", pairs, keep, threads).run()
     return [p[0] for p in pairs]
+
+
+class _InPlace:
+    """One validated :func:`select_channels_` call that can be undone (surgery's rollback).
+
+    The constructor validates everything (nothing is touched on error).  ``run(backup)``
+    compacts; ``undo()`` afterwards (typically after a later failure) puts every tensor
+    back: its storage and layout always, its data when ``backup`` was set, which saves
+    beforehand what the compaction overwrites.  On the CPU the native batch copies the
+    written bytes of every tensor (the first compacted-size bytes from its data pointer)
+    into one buffer it owns; on a CUDA device torch clones the written front of each
+    tensor; the index_select fallback writes nothing in place (it re-points tensors to
+    new storage), so there the original storages are all it needs.
+    """
+
+    def __init__(self, op: str, pairs: Sequence[Pair], keep: Keep, threads: Optional[int]) -> None:
+        self.nthreads = resolve_threads(op, threads)
+        self.tensors, self.sels, self.batch, self.device = _validate(op, pairs, keep, in_place=True)
+        self._native = bool(self.tensors) and (self.device.type == "cpu" or _native_cuda(self.device))
+        # None until run() starts; then per tensor (storage, offset, sizes, strides,
+        # overwritten front or None), or [] on the CPU (the batch has all of it)
+        self._saved: Optional[list] = None
+        self._snapshot = False
+
+    def run(self, backup: bool = False) -> None:
+        tensors, batch = self.tensors, self.batch
+        if not tensors:
+            return
+        cpu = self.device.type == "cpu"
+        if cpu:
+            if backup:
+                batch.snapshot(self.nthreads)
+                self._snapshot = True
+            self._saved = []
+        else:
+            self._saved = self._save_device(backup)
+        if cpu:
+            batch.run_cpu(None, self.nthreads)
+        elif self._native:
+            _cuda_launch(self.device, batch, None)
+        else:
+            news = [_fallback(t, s) for t, s in zip(tensors, self.sels)]
+            with torch.no_grad():
+                for t, new in zip(tensors, news):
+                    t.set_(new)
+            return
+        with torch.no_grad():
+            for t, (sizes, strides) in zip(tensors, batch.layouts()):
+                t.set_(t.untyped_storage(), t.storage_offset(), sizes, strides)
+
+    def _save_device(self, backup: bool) -> list:
+        saved = []
+        with torch.no_grad():
+            for t, (sizes, _) in zip(self.tensors, self.batch.layouts()):
+                front = None
+                if backup and self._native:  # compacted in place: keep what it overwrites
+                    n_new = 1
+                    for v in sizes:
+                        n_new *= v
+                    front = t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(),
+                                                (n_new,)).clone()
+                saved.append((t.untyped_storage(), t.storage_offset(), t.size(), t.stride(), front))
+        return saved
+
+    def undo(self) -> None:
+        """Puts every tensor back as it was before :meth:`run` (its data only if ``run``
+        had ``backup``); nothing to do if ``run`` never started."""
+        if self._saved is None:
+            return
+        with torch.no_grad():
+            if self.device.type == "cpu":
+                for t, (sizes, strides) in zip(self.tensors, self.batch.original_layouts()):
+                    t.set_(t.untyped_storage(), t.storage_offset(), sizes, strides)
+                if self._snapshot:
+                    self.batch.restore(self.nthreads)
+                return
+            for t, (storage, offset, size, stride, front) in zip(self.tensors, self._saved):
+                t.set_(storage, offset, size, stride)
+                if front is not None:
+                    t.new_empty(0).set_(storage, offset, (front.numel(),)).copy_(front)
 
 
 def select_channels(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int] = None) -> List[torch.Tensor]:

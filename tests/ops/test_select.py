@@ -253,3 +253,63 @@ def test_bad_pairs_modify_nothing():
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         select_channels_([(w, 0)], [0], threads=0)
     assert_unchanged([w, b, nxt], snap)
+
+
+# ---- _InPlace: the undoable in-place call behind surgery's rollback -------------------
+
+def _undo_cases():
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(512, 512, 3, 3, generator=g)  # its 2.4 MB snapshot spans two threads
+    base = torch.randn(1000, generator=g)
+    offset = base[100:100 + 64 * 3].view(64, 3)  # a storage offset
+    cl = torch.randn(8, 16, 5, 5, generator=g).to(memory_format=torch.channels_last)
+    keep_a = torch.arange(0, 512, 2)
+    keep_b = torch.tensor([1, 4, 5, 7, 15])
+    pairs = [(big, 0), (big, 1), (offset, 0), (cl, 1), (torch.randn(16, 30, generator=g), 0, 1)]
+    keeps = [keep_a, torch.arange(1, 512, 2), torch.arange(0, 64, 5), keep_b, keep_b]
+    return pairs, keeps, base
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_in_place_undo_restores_storage_layout_and_data(threads):
+    pairs, keeps, base = _undo_cases()
+    tensors = list(dict.fromkeys(p[0] for p in pairs))
+    before = [(t.clone(), t.shape, t.stride(), t.storage_offset(), t.data_ptr()) for t in tensors]
+    base_before = base.clone()
+    job = select_mod._InPlace("select_channels_", pairs, keeps, threads)
+    job.run(backup=True)
+    assert pairs[0][0].shape == (256, 256, 3, 3)  # it did compact
+    job.undo()
+    for t, (data, shape, stride, offset, ptr) in zip(tensors, before):
+        assert t.shape == shape and t.stride() == stride and t.storage_offset() == offset
+        assert t.data_ptr() == ptr and torch.equal(t, data)
+    assert torch.equal(base, base_before)  # the rest of a shared storage too
+    # the same call again gives what a plain select_channels_ gives
+    expect = select_channels([(t, d) + tuple(b) for t, d, *b in pairs], keeps)
+    select_channels_(pairs, keeps, threads=threads)
+    for (t, *_), e in zip(pairs, expect):
+        assert torch.equal(t, e)
+
+
+def test_in_place_undo_without_backup_restores_layouts_only():
+    pairs, keeps, _ = _undo_cases()
+    tensors = list(dict.fromkeys(p[0] for p in pairs))
+    before = [(t.shape, t.stride(), t.data_ptr()) for t in tensors]
+    job = select_mod._InPlace("select_channels_", pairs, keeps, None)
+    job.run(backup=False)
+    job.undo()
+    assert [(t.shape, t.stride(), t.data_ptr()) for t in tensors] == before
+
+
+def test_in_place_undo_before_run_and_on_the_fallback_device():
+    t = torch.randn(6, 4)
+    job = select_mod._InPlace("select_channels_", [(t, 0)], torch.tensor([1, 3]), None)
+    job.undo()  # never ran: nothing to do
+    assert t.shape == (6, 4)
+    m = torch.empty(6, 4, device="meta")  # index_select fallback: re-pointed storage
+    job = select_mod._InPlace("select_channels_", [(m, 0), (m, 1)], [torch.tensor([1, 3]),
+                              torch.tensor([0, 2, 3])], None)
+    job.run(backup=True)
+    assert m.shape == (2, 3)
+    job.undo()
+    assert m.shape == (6, 4) and m.stride() == (4, 1)
