@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from .ops.select import _InPlace
+from .graph._core import module_dict
 from .plan import Plan, _kept_mask, _layouts
 
 __all__ = ["apply_plan", "replay", "history", "HISTORY_ATTR"]
@@ -45,7 +46,7 @@ class _Lookup:
     """Modules and tensors of a model by qualified name (one walk of the model)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.modules = dict(model.named_modules(remove_duplicate=False))
+        self.modules = module_dict(model)
 
     def module(self, name: str) -> nn.Module:
         mod = self.modules.get(name)

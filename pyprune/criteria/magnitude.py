@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import _C
+from ..graph._core import module_dict
 from ..ops._common import get_num_threads
 from . import register
 
@@ -24,6 +25,7 @@ def _out_major(m: nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 _NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
@@ -54,9 +56,12 @@ def filter_norms(model: nn.Module, p: float = 1.0) -> Dict[str, torch.Tensor]:
     """
     out: Dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(
-                    getattr(m, "weight", None), torch.Tensor):
+        seen = set()
+        for name, m in module_dict(model).items():  # named_modules(), without the generators
+            if not isinstance(m, _LAYERS) or id(m) in seen:
+                continue
+            seen.add(id(m))
+            if isinstance(getattr(m, "weight", None), torch.Tensor):
                 w = _out_major(m)
                 if not w.dtype.is_floating_point or w.dtype in (torch.float16, torch.bfloat16):
                     w = w.float()

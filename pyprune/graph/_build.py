@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from ._core import AttrMember, GraphState, Node, TensorMember, TensorShape, find_root, map_nodes
+from ._core import (AttrMember, GraphState, Node, TensorMember, TensorShape, find_root, map_nodes,
+                    module_dict)
 from ._eager import DataDependent, trace_eager
 from .handlers import Context, _elementwise, lookup, unknown
 
@@ -485,7 +486,7 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
            shapes: str, tracer: str) -> DependencyGraph:
     # one walk over the modules: every qualified name of every module, parameter and
     # buffer, and each tensor's canonical name (its first, as named_parameters() gives)
-    modules: Dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
+    modules: Dict[str, nn.Module] = module_dict(model)
     param_names: Dict[int, str] = {}
     buffer_names: Dict[int, str] = {}
     tensors_by_name: Dict[str, torch.Tensor] = {}

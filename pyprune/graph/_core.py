@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch.nn as nn
+
 __all__ = ["ChannelInfo", "TensorMember", "AttrMember", "GraphState", "Node", "TensorShape",
-           "map_nodes"]
+           "map_nodes", "module_dict"]
 
 
 class TensorShape:
@@ -77,6 +79,23 @@ class Node:
 
     def __repr__(self) -> str:
         return self.name
+
+
+def module_dict(model: nn.Module) -> Dict[str, nn.Module]:
+    """``dict(model.named_modules(remove_duplicate=False))``, same order (pre-order), in
+    one plain recursive walk over ``_modules`` (a third of the generator's cost)."""
+    out: Dict[str, nn.Module] = {"": model}
+
+    def visit(prefix: str, mod: nn.Module) -> None:
+        for name, child in mod._modules.items():
+            if child is not None:
+                q = prefix + name
+                out[q] = child
+                if child._modules:
+                    visit(q + ".", child)
+
+    visit("", model)
+    return out
 
 
 def map_nodes(obj: Any, fn: Callable[[Any], Any]) -> Any:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ._core import ChannelInfo, GraphState, Node, map_nodes
+from ._core import ChannelInfo, GraphState, Node, map_nodes, module_dict
 
 __all__ = ["HANDLERS", "Context", "Handler", "lookup", "unknown"]
 
@@ -49,7 +49,7 @@ class Context:
         self.fallbacks: Dict[str, str] = {}  # untraceable submodules -> fx error
         # every qualified name (shared modules under each of their names)
         self.modules: Dict[str, nn.Module] = (
-            dict(model.named_modules(remove_duplicate=False)) if modules is None else modules)
+            module_dict(model) if modules is None else modules)
 
     # values -----------------------------------------------------------------------
     def info(self, arg: Any) -> Optional[ChannelInfo]:

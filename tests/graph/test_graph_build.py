@@ -342,3 +342,18 @@ def test_tensor_constants_do_not_stick_to_the_model(tracer):
     assert set(model.__dict__) == keys
     assert not _group(g, "a.0").prunable  # the constant has a fixed channel count
     assert _group(g, "b.0").reasons == ["model output"]
+
+
+def test_module_dict_is_named_modules_in_order():
+    from pyprune.graph._core import module_dict
+    from pyprune.models import densenet40, mobilenetv2, resnet20
+
+    shared = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+    nested = nn.Sequential(shared, nn.Sequential(shared, nn.Identity()), shared[0])
+    nested.add_module("none", None)
+    models = [make(n)[0] for n in ZOO] + [resnet20(), densenet40(), mobilenetv2(), nested]
+    for m in models:
+        expect = list(m.named_modules(remove_duplicate=False))
+        got = list(module_dict(m).items())
+        assert [k for k, _ in got] == [k for k, _ in expect]
+        assert all(a is b for (_, a), (_, b) in zip(got, expect))
