@@ -252,21 +252,9 @@ def _top_groups(graph: DependencyGraph, flat: torch.Tensor,
 def _layouts(graph: DependencyGraph) -> Tuple[List[Tuple[int, ...]], List[int], torch.Tensor]:
     """The distinct channel layouts of the graph's members (tensor members, then
     attribute members; one per distinct ``elems``): ``(layouts, layout of each member,
-    flat channel index of every layout's channels, concatenated)``, from one
-    :meth:`~DependencyGraph.flat_index` call."""
-    cached = graph.__dict__.get("_pyprune_layouts")  # a graph's members never change
-    if cached is not None:
-        return cached
-    ids: Dict[Tuple[int, ...], int] = {}
-    of_member: List[int] = []
-    for m in graph.tensor_members:
-        of_member.append(ids.setdefault(tuple(m.elems), len(ids)))
-    for a in graph.attr_members:
-        of_member.append(ids.setdefault(tuple(a.elems), len(ids)))
-    layouts = list(ids)
-    out = (layouts, of_member, graph.flat_index([e for t in layouts for e in t]))
-    graph.__dict__["_pyprune_layouts"] = out
-    return out
+    flat channel index of every layout's channels, concatenated)``, computed when the
+    graph is built (a graph's members never change)."""
+    return graph._member_layouts
 
 
 def _kept_mask(graph: DependencyGraph, keep: Dict[int, torch.Tensor]) -> torch.Tensor:

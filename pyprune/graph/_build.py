@@ -2,6 +2,7 @@
 let a handler interpret each traced op."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -117,9 +118,11 @@ def _number_channels(state: GraphState) -> Tuple[np.ndarray, np.ndarray, List[in
     space_of = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
     # spaces joined by a united element pair belong to one group (union-find on spaces)
     a, b = space_of, space_of[roots]
-    pairs = np.unique(np.stack([a[a != b], b[a != b]], 1), axis=0).tolist()
+    joined = a != b
+    pairs = np.unique(a[joined] * len(lens) + b[joined]).tolist()  # distinct (a, b) pairs
     sparent = list(range(len(lens)))
-    for x, y in pairs:
+    for xy in pairs:
+        x, y = divmod(xy, len(lens))
         rx, ry = find_root(sparent, x), find_root(sparent, y)
         if rx != ry:
             sparent[max(rx, ry)] = min(rx, ry)
@@ -137,6 +140,21 @@ def _number_channels(state: GraphState) -> Tuple[np.ndarray, np.ndarray, List[in
     flat_of_root = np.empty(n, dtype=np.int64)
     flat_of_root[rs[by_group]] = np.arange(len(rs), dtype=np.int64)
     return flat_of_root[roots], gid, sizes.tolist()
+
+
+def _groups_of_seqs(gid_of: np.ndarray, seqs: Sequence[Sequence[int]],
+                    n_groups: int) -> Tuple[np.ndarray, List[List[int]]]:
+    """``(the sequences' elements concatenated, sorted distinct group ids of each
+    sequence)`` for sequences of elements, with one ``np.unique`` for all of them."""
+    lens = [len(s) for s in seqs]
+    cat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=sum(lens))
+    out: List[List[int]] = [[] for _ in seqs]
+    if cat.size:
+        seg = np.repeat(np.arange(len(seqs), dtype=np.int64), lens)
+        for key in np.unique(seg * n_groups + gid_of[cat]).tolist():
+            s, g = divmod(key, n_groups)
+            out[s].append(g)
+    return cat, out
 
 
 class DependencyGraph:
@@ -185,17 +203,23 @@ class DependencyGraph:
             for r in reasons:
                 if r not in grp.reasons:
                     grp.reasons.append(r)
-        gids_of: Dict[Tuple[int, ...], List[int]] = {}  # members often share a layout
-        for m in self.tensor_members:
-            key = tuple(m.elems)
-            gs = gids_of.get(key)
-            if gs is None:
-                gs = gids_of[key] = sorted({gid_list[e] for e in key})
-            for g in gs:
+        # The distinct channel layouts of the members (tensor members, then attribute
+        # members; members often share one: a conv's filters, its bias, the BatchNorm
+        # after it), their elements concatenated, and the groups each layout touches.
+        ids: Dict[Tuple[int, ...], int] = {}
+        layout_of = [ids.setdefault(tuple(m.elems), len(ids)) for m in self.tensor_members]
+        layout_of += [ids.setdefault(tuple(a.elems), len(ids)) for a in self.attr_members]
+        layouts = list(ids)
+        cat, layout_groups = _groups_of_seqs(gid_of, layouts, len(sizes))
+        self._member_layouts = (layouts, layout_of, torch.from_numpy(flat[cat]))
+        for m, lid in zip(self.tensor_members, layout_of):
+            for g in layout_groups[lid]:
                 self.groups[g].members.append(m)
         self.out_maps: Dict[str, Tuple[List[int], int]] = dict(state.out_maps)
-        for name, (elems, _) in self.out_maps.items():
-            for g in sorted({gid_list[e] for e in elems}):
+        outs = list(self.out_maps.items())
+        for (name, _), gs in zip(outs, _groups_of_seqs(gid_of, [e for _, (e, _) in outs],
+                                                        len(sizes))[1]):
+            for g in gs:
                 if name not in self.groups[g].producers:
                     self.groups[g].producers.append(name)
 
