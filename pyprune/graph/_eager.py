@@ -153,13 +153,14 @@ def _conv_shape(nd: int, transposed: bool, w: Any, b: Any, stride: Any, pad: Any
             dil is None or not isinstance(groups, int) or groups < 1 or min(stride) < 1 or \
             min(dil) < 1:
         return None
-    k = tuple(w.shape[2:])
+    ws = w.shape
+    k = ws[2:]
     if transposed:
         pad, opad = _tuple(pad, nd), _tuple(opad, nd)
-        if pad is None or opad is None or w.shape[0] % groups or \
+        if pad is None or opad is None or ws[0] % groups or \
                 any(o >= max(s, d) for o, s, d in zip(opad, stride, dil)):
             return None
-        cin, cout = w.shape[0], w.shape[1] * groups
+        cin, cout = ws[0], ws[1] * groups
         # out = (i - 1) * s + c
         consts = [(s, -2 * p + d * (kk - 1) + o + 1)
                   for s, p, d, kk, o in zip(stride, pad, dil, k, opad)]
@@ -174,13 +175,13 @@ def _conv_shape(nd: int, transposed: bool, w: Any, b: Any, stride: Any, pad: Any
             pad = _tuple(pad, nd)
             if pad is None or min(pad) < 0:
                 return None
-        if w.shape[0] % groups:
+        if ws[0] % groups:
             return None
-        cin, cout = w.shape[1] * groups, w.shape[0]
+        cin, cout = ws[1] * groups, ws[0]
         # out = (i + c) // s + 1, or i for 'same'
         consts = None if pad is None else [
             (s, 2 * p - d * (kk - 1) - 1) for s, p, d, kk in zip(stride, pad, dil, k)]
-    if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != (cout,)):
+    if b is not None and (not isinstance(b, torch.Tensor) or b.shape != (cout,)):
         return None
     dtype, device = w.dtype, w.device
 
@@ -209,6 +210,23 @@ def _conv_shape(nd: int, transposed: bool, w: Any, b: Any, stride: Any, pad: Any
             return None
         return x.new_empty(lead + out) if empty else x.new_zeros(lead + out)
 
+    if nd == 2 and not transposed and consts is not None:
+        (s0, c0), (s1, c1) = consts
+
+        def run2d(x: Any) -> Optional[torch.Tensor]:  # the common case, spelled out
+            if type(x) is not torch.Tensor or x.dtype != dtype:
+                return None
+            shape = x.shape
+            if len(shape) != 4 or shape[1] != cin or x.device != device:
+                return run(x)
+            h, wd = (shape[2] + c0) // s0 + 1, (shape[3] + c1) // s1 + 1
+            if h < 1 or wd < 1:
+                return None
+            out = (shape[0], cout, h, wd)
+            return x.new_empty(out) if empty else x.new_zeros(out)
+
+        return run2d
+
     return run
 
 
@@ -236,8 +254,9 @@ def _batch_norm_shape(mean: Any, var: Any, weight: Any, bias: Any, ndims: Tuple[
     if not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
         return None
     c, device = mean.shape[0] if mean.dim() == 1 else -1, mean.device
+    shape = (c,)
     for t in (mean, var, weight, bias):
-        if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,)
+        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != shape
                               or t.device != device):
             return None
 
@@ -310,12 +329,16 @@ def _skippers() -> Dict[Any, Any]:
 _SKIP = _skippers()
 
 
+# (The exact torch.nn classes below keep their tensors in ``_parameters`` and
+# ``_buffers``, which is where attribute lookup finds them: read those directly.)
 def _conv_module(nd: int, transposed: bool):
     def make(m: Any) -> Any:
         if m.padding_mode != "zeros":
             return None
-        return _conv_shape(nd, transposed, m.weight, m.bias, m.stride, m.padding, m.dilation,
-                           m.groups, m.output_padding if transposed else 0, empty=True)
+        p = m._parameters
+        return _conv_shape(nd, transposed, p.get("weight"), p.get("bias"), m.stride, m.padding,
+                           m.dilation, m.groups, m.output_padding if transposed else 0,
+                           empty=True)
     return make
 
 
@@ -323,8 +346,9 @@ def _bn_module(ndims: Tuple[int, ...]):
     def make(m: Any) -> Any:
         if m.training:
             return None
-        return _batch_norm_shape(m.running_mean, m.running_var, m.weight, m.bias, ndims,
-                                 empty=True)
+        p, b = m._parameters, m._buffers
+        return _batch_norm_shape(b.get("running_mean"), b.get("running_var"), p.get("weight"),
+                                 p.get("bias"), ndims, empty=True)
     return make
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
 from pyprune.graph import GraphError, build_graph
-from pyprune.graph._eager import SizeInt, _SKIP
+from pyprune.graph._eager import SizeInt, _MODULE_SKIP, _SKIP
 from pyprune.plan import make_plan
 from pyprune.criteria.random import random_scores
 from pyprune.surgery import apply_plan
@@ -228,6 +228,7 @@ def test_conv_shape_formula_matches_torch(nd, batched, groups, k, s, p, d, size,
         w = torch.randn(cin, cout // groups, *(k,) * nd)
         b = torch.randn(cout) if bias else None
         _check_skip(getattr(torch, f"conv_transpose{nd}d"), x, w, b, s, p, op, groups, d)
+        layer = getattr(nn, f"ConvTranspose{nd}d")(cin, cout, k, s, p, op, groups, bias, d)
     else:
         w = torch.randn(cout, cin // groups, *(k,) * nd)
         b = torch.randn(cout) if bias else None
@@ -240,6 +241,10 @@ def test_conv_shape_formula_matches_torch(nd, batched, groups, k, s, p, d, size,
                 _check_skip(getattr(torch, f"conv{nd}d"), x, w, b, 1, "same", d, groups)
         if size - d * (k - 1) >= 1:
             _check_skip(getattr(torch, f"conv{nd}d"), x, w, b, s, "valid", d, groups)
+        layer = getattr(nn, f"Conv{nd}d")(cin, cout, k, s, p, d, groups, bias)
+    # the layer path (the planner of the torch.nn class, empty results)
+    fast = _MODULE_SKIP[type(layer)](layer)(x)
+    assert fast is not None and fast.shape == layer(x).shape and fast.dtype == x.dtype
 
 
 def test_skipped_ops_refuse_what_the_formulas_do_not_cover():
@@ -347,3 +352,13 @@ def test_functional_ops_and_removing_zeroed_channels(name):
         after = model(x)
     assert model.a[0].out_channels == 4
     torch.testing.assert_close(after, before, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    ((3, 5), (1, 2), (0, 2), (2, 1)), ((1, 4), (3, 1), (2, 0), (1, 3)), ((2, 2), 2, 1, 1)])
+def test_conv2d_shape_with_different_settings_per_dim(kernel, stride, padding, dilation):
+    x = torch.randn(2, 4, 11, 13)
+    layer = nn.Conv2d(4, 6, kernel, stride, padding, dilation)
+    fast = _MODULE_SKIP[nn.Conv2d](layer)(x)
+    assert fast.shape == layer(x).shape
+    _check_skip(torch.conv2d, x, layer.weight, layer.bias, stride, padding, dilation)
