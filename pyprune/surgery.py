@@ -35,6 +35,7 @@ from .plan import Plan, _kept_mask, _layouts
 __all__ = ["apply_plan", "replay", "history", "HISTORY_ATTR"]
 
 HISTORY_ATTR = "_pyprune_history"
+_MODULE_SETATTR = nn.Module.__setattr__
 
 
 def history(model: nn.Module) -> List[Dict[str, Any]]:
@@ -165,28 +166,34 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
                 at += c
     n_tensor = len(graph.tensor_members)
 
-    def local_keep(i: int) -> Optional[Tuple[torch.Tensor, List[int]]]:
-        return local_of[layout_of[i]]
-
+    modules = look.modules
     for i, m in enumerate(graph.tensor_members):
-        lk = local_keep(i)
+        lk = local_of[layout_of[i]]
         if lk is None:
             continue
         local, local_list = lk
-        if local.numel() == 0:
+        if not local_list:
             raise ValueError(f"the plan removes every channel of {m.name} (dim {m.dim}); "
                              "keep at least one channel per layer (min_channels)")
-        t = look.tensor(m.name)
-        expect = len(m.elems) * m.block
-        if t.dim() <= m.dim or t.shape[m.dim] != expect:
-            raise ValueError(f"{m.name} has shape {tuple(t.shape)} but the graph expects "
-                             f"{expect} along dim {m.dim}: the graph is stale, rebuild it")
-        pairs.append((t, m.dim, m.block))
+        # look.tensor(m.name), with its common case inline
+        mod_name, _, attr = m.name.rpartition(".")
+        mod = modules.get(mod_name)
+        t = None if mod is None else mod._parameters.get(attr)
+        if t is None:
+            t = look.tensor(m.name)
+        shape, dim, block = t.shape, m.dim, m.block
+        expect = len(m.elems) * block
+        if len(shape) <= dim or shape[dim] != expect:
+            raise ValueError(f"{m.name} has shape {tuple(shape)} but the graph expects "
+                             f"{expect} along dim {dim}: the graph is stale, rebuild it")
+        pairs.append((t, dim, block))
         keeps.append(local)
-        tensors_rec.append({"name": m.name, "dim": m.dim, "block": m.block,
-                            "keep": list(local_list)})
-        extra = []
+        # (members with one layout share its keep list: records are plain, read-only data)
+        tensors_rec.append({"name": m.name, "dim": dim, "block": block, "keep": local_list})
         grad = t.grad
+        if grad is None and not opt_state:
+            continue
+        extra = []
         if grad is not None:
             extra.append(("grad", grad))
         if opt_state:  # (hashing a tensor runs Python: skip it without an optimizer)
@@ -202,15 +209,17 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
     attrs: List[Tuple[nn.Module, str, Any, Any]] = []
     attrs_rec: List[Dict[str, Any]] = []
     for i, a in enumerate(graph.attr_members):
-        lk = local_keep(n_tensor + i)
+        lk = local_of[layout_of[n_tensor + i]]
         if lk is None:
             continue
-        mod = look.module(a.module)
+        mod = modules.get(a.module)
+        if mod is None:
+            mod = look.module(a.module)
         old = getattr(mod, a.attr, None)
         if old != len(a.elems) * a.block:
             raise ValueError(f"{a.module}.{a.attr} is {old!r} but the graph expects "
                              f"{len(a.elems) * a.block}: the graph is stale, rebuild it")
-        new = int(lk[0].numel()) * a.block
+        new = len(lk[1]) * a.block
         attrs.append((mod, a.attr, old, new))
         attrs_rec.append({"module": a.module, "attr": a.attr, "value": new})
     return _Prepared(pairs, keeps, attrs, {"tensors": tensors_rec, "attrs": attrs_rec})
@@ -229,7 +238,11 @@ def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
             with torch.no_grad():
                 job.run(backup)
         for mod, attr, old, new in prep.attrs:
-            setattr(mod, attr, new)
+            d = mod.__dict__
+            if type(mod).__setattr__ is _MODULE_SETATTR and attr in d:
+                d[attr] = new  # a plain attribute: what nn.Module.__setattr__ would do
+            else:
+                setattr(mod, attr, new)
             done_attrs.append((mod, attr, old))
         new_hist = list(hist) if had_hist else []
         new_hist.append(prep.record)

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import pyprune.ops
 from pyprune.criteria.random import random_scores
 from pyprune.graph import build_graph
 from pyprune.plan import Plan, make_plan
