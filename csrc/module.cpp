@@ -477,6 +477,21 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
         py::arg("out"), py::arg("threads"),
         "out[r] = sum of |x| along row r (columns contiguous), accumulated in double.");
+  m.def("row_abs_sum_many",
+        [](const std::vector<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, uintptr_t>>& specs,
+           int threads) {
+          std::vector<RowAbsSumJob> jobs(specs.size());
+          for (size_t i = 0; i < specs.size(); ++i) {
+            const auto& [x, dtype, rows, cols, row_stride, out] = specs[i];
+            if (rows < 0 || cols < 0 || row_stride < cols || (dtype != 0 && dtype != 1))
+              throw std::invalid_argument("row_abs_sum_many: bad shape or dtype in spec " + std::to_string(i));
+            jobs[i] = RowAbsSumJob{as_ptr<const void>(x), dtype, rows, cols, row_stride, as_ptr<void>(out)};
+          }
+          py::gil_scoped_release release;
+          row_abs_sum_many(jobs.data(), static_cast<int64_t>(jobs.size()), threads);
+        },
+        py::arg("specs"), py::arg("threads"),
+        "row_abs_sum_cpu of many matrices: specs are (x, dtype, rows, cols, row_stride, out) each.");
   m.def("select_check_keep",
         [](uintptr_t keep, int64_t n, int64_t size) { return select_check_keep(as_ptr<const int64_t>(keep), n, size); },
         py::arg("keep"), py::arg("n"), py::arg("size"),

@@ -62,3 +62,36 @@ def test_filter_norms_of_a_channels_last_conv():
     conv = nn.Conv2d(16, 8, 3).to(memory_format=torch.channels_last)
     s = filter_norms(nn.Sequential(conv), 1.0)["0"]
     assert torch.equal(s, conv.weight.detach().double().abs().sum((1, 2, 3)).float())
+
+
+def _reference_l1(m: nn.Module) -> torch.Tensor:
+    w = m.weight.detach().double()
+    if isinstance(m, nn.ConvTranspose2d):
+        w = w.transpose(0, 1)
+    return w.reshape(w.shape[0], -1).abs().sum(1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_filter_norms_batches_layers_exactly(threads):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3).double(), nn.ConvTranspose2d(8, 6, 2),
+        nn.Conv2d(6, 16, 3).to(memory_format=torch.channels_last), nn.Conv2d(16, 4, 1).half(),
+        nn.Conv2d(256, 256, 3), nn.Conv2d(256, 512, 3),  # 1.8M weights: the threaded path
+        nn.Flatten(), nn.Linear(40, 10))
+    import pyprune.ops as ops
+
+    ops.set_num_threads(threads)
+    try:
+        s = filter_norms(model, 1.0)
+    finally:
+        ops.set_num_threads(None)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    assert list(s) == [n for n, _ in layers]  # the model's order
+    for n, m in layers:
+        ref = _reference_l1(m)
+        got = s[n]
+        if m.weight.dtype == torch.float16:  # summed by torch in float32
+            torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
+        else:
+            assert got.dtype == m.weight.dtype and torch.equal(got, ref.to(got.dtype)), n

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "common/parallel.h"
 
@@ -34,6 +35,35 @@ void row_abs_sum_cpu(const T* x, int64_t rows, int64_t cols, int64_t row_stride,
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, cols));
   parallel_for(rows, use, grain, [&](int64_t b, int64_t e, int) {
     for (int64_t r = b; r < e; ++r) out[r] = static_cast<T>(abs_sum(x + r * row_stride, cols));
+  });
+}
+
+void row_abs_sum_many(const RowAbsSumJob* jobs, int64_t n, int threads) {
+  if (n <= 0) return;
+  std::vector<int64_t> first(static_cast<size_t>(n) + 1, 0);  // first global row of each job
+  int64_t values = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    first[j + 1] = first[j] + jobs[j].rows;
+    values += jobs[j].rows * jobs[j].cols;
+  }
+  const int64_t total = first[n];
+  const int use = values >= (int64_t{1} << 20) ? threads : 1;
+  const int64_t avg_cols = std::max<int64_t>(1, values / std::max<int64_t>(1, total));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / avg_cols);
+  parallel_for(total, use, grain, [&](int64_t b, int64_t e, int) {
+    int64_t j = std::upper_bound(first.begin(), first.end(), b) - first.begin() - 1;
+    for (; j < n && first[j] < e; ++j) {
+      const RowAbsSumJob& job = jobs[j];
+      const int64_t r0 = std::max(b, first[j]) - first[j], r1 = std::min(e, first[j + 1]) - first[j];
+      for (int64_t r = r0; r < r1; ++r) {
+        if (job.dtype == 0) {
+          static_cast<float*>(job.out)[r] =
+              static_cast<float>(abs_sum(static_cast<const float*>(job.x) + r * job.row_stride, job.cols));
+        } else {
+          static_cast<double*>(job.out)[r] = abs_sum(static_cast<const double*>(job.x) + r * job.row_stride, job.cols);
+        }
+      }
+    }
   });
 }
 

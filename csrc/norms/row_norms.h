@@ -11,4 +11,17 @@ template <class T>
 void row_abs_sum_cpu(const T* x, int64_t rows, int64_t cols, int64_t row_stride, T* out,
                      int threads);
 
+// One matrix of row_abs_sum_many: float32 (dtype 0) or float64 (dtype 1).
+struct RowAbsSumJob {
+  const void* x = nullptr;
+  int dtype = 0;
+  int64_t rows = 0, cols = 0, row_stride = 0;
+  void* out = nullptr;
+};
+
+// row_abs_sum_cpu of many matrices in one call (a model's layers): the rows of
+// all jobs form one range split across up to `threads` threads once the total
+// is large enough to pay for waking them.
+void row_abs_sum_many(const RowAbsSumJob* jobs, int64_t n, int threads);
+
 }  // namespace pyprune
