@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -121,53 +122,67 @@ def group_scores(graph: DependencyGraph, scores: Mapping[str, Any],
     """One float64 score per flat channel of ``graph``; NaN where no score was given."""
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
-    # Fast path: every layer's scores a real CPU tensor of the right length, gathered
-    # into one tensor and accumulated with one op (the layers' order is kept, so every
-    # channel sums its members' scores in the same order as one op per layer would).
+    # Fast path: every layer's scores a float32/float64 CPU tensor of the right length,
+    # gathered into one array and accumulated with one op (the layers' order is kept,
+    # so every channel sums its members' scores in the same order as one op per layer
+    # would).
     # Anything else, any error and any non-finite score take the per-layer path, which
     # raises the error of the first bad layer.
     out_maps = graph.out_maps
-    parts: List[torch.Tensor] = []
-    elems: List[int] = []
-    blocks: List[Tuple[int, int]] = []  # (channels, block) per layer
+    parts: List[np.ndarray] = []
+    names: List[str] = []
     for name, s in scores.items():
         if name not in out_maps:
             continue
-        if not isinstance(s, torch.Tensor) or not s.is_cpu or not s.dtype.is_floating_point:
+        if not isinstance(s, torch.Tensor) or not s.is_cpu or \
+                s.dtype not in (torch.float32, torch.float64) or s.is_neg():
             return _group_scores_checked(graph, scores, reduce)
         el, block = out_maps[name]
         if s.numel() != len(el) * block:
             return _group_scores_checked(graph, scores, reduce)
-        parts.append(s.detach().reshape(-1))
-        elems.extend(el)
-        blocks.append((len(el), block))
+        parts.append((s.detach() if s.requires_grad else s).numpy().reshape(-1))
+        names.append(name)
     n = graph.num_channels
-    total = torch.zeros(n, dtype=torch.float64)
-    if reduce == "max":
-        total.fill_(-math.inf)
+    total = np.zeros(n, dtype=np.float64)
     if not parts:
         total[:] = math.nan
-        return total
-    dtypes = {p.dtype for p in parts}
-    if len(dtypes) == 1:
-        s = torch.cat(parts).to(dtype=torch.float64)
-    else:
-        s = torch.cat([p.to(dtype=torch.float64) for p in parts])
-    if not bool(torch.isfinite(s).all()):
+        return torch.from_numpy(total)
+    vals = np.concatenate(parts).astype(np.float64, copy=False)
+    if not np.isfinite(vals).all():
         return _group_scores_checked(graph, scores, reduce)
-    idx = graph.flat_index(elems)
-    if any(b != 1 for _, b in blocks):  # index j of a layer is its channel j // block
-        lens, bs = zip(*blocks)
-        idx = idx.repeat_interleave(torch.tensor(bs).repeat_interleave(torch.tensor(lens)))
+    idx = _score_index(graph, names)
+    count = np.bincount(idx, minlength=n)
     if reduce == "max":
-        total.scatter_reduce_(0, idx, s, reduce="amax")
+        total.fill(-math.inf)
+        np.maximum.at(total, idx, vals)
     else:
-        total.index_add_(0, idx, s)
-    count = torch.bincount(idx, minlength=n)
-    if reduce == "mean":
-        total = total / count.clamp_min(1).to(torch.float64)
+        total += np.bincount(idx, weights=vals, minlength=n)  # in order, as index_add_
+        if reduce == "mean":
+            total /= np.maximum(count, 1)
     total[count == 0] = math.nan
-    return total
+    return torch.from_numpy(total)
+
+
+def _score_index(graph: DependencyGraph, names: List[str]) -> np.ndarray:
+    """Flat channel index of every score of the layers ``names`` (concatenated in that
+    order; index j of a layer is its channel j // block), cached per graph and order."""
+    cache = graph.__dict__.setdefault("_pyprune_score_index", {})
+    key = tuple(names)
+    idx = cache.get(key)
+    if idx is None:
+        out_maps = graph.out_maps
+        elems: List[int] = []
+        blocks: List[Tuple[int, int]] = []  # (channels, block) per layer
+        for name in names:
+            el, block = out_maps[name]
+            elems.extend(el)
+            blocks.append((len(el), block))
+        idx = graph.flat_index(elems).numpy()
+        if any(b != 1 for _, b in blocks):
+            lens, bs = zip(*blocks)
+            idx = np.repeat(idx, np.repeat(np.array(bs), lens))
+        cache[key] = idx
+    return idx
 
 
 def _group_scores_checked(graph: DependencyGraph, scores: Mapping[str, Any],
@@ -226,26 +241,28 @@ def _top_groups(graph: DependencyGraph, flat: torch.Tensor,
     """``{group id: _top(group's scores, k)}`` for every (group, k) of ``sel``, in
     ``sel``'s order, with two sorts over all the groups' channels at once: a stable
     sort by score (descending) and a stable sort of that order by group, which is a
-    stable per-group sort by score (ties: lower index first, as in :func:`_top`)."""
+    stable per-group sort by score (ties: lower index first, as in :func:`_top`).
+    (numpy: these arrays are small, and numpy's per-op cost is a fraction of torch's.)"""
     if len(sel) <= 1:
         return {g.id: _top(flat[g.offset:g.offset + g.size], k) for g, k in sel}
     segs = sorted(sel, key=lambda gk: gk[0].offset)  # segments in channel order
-    gsel = torch.zeros(len(graph.groups), dtype=torch.bool)
+    gsel = np.zeros(len(graph.groups), dtype=bool)
     gsel[[g.id for g, _ in segs]] = True
-    pos = gsel[graph.channel_group].nonzero().flatten()  # their channels, ascending
-    sizes = torch.tensor([g.size for g, _ in segs])
-    starts = torch.cumsum(sizes, 0) - sizes
-    seg = torch.repeat_interleave(torch.arange(len(segs)), sizes)
+    pos = np.flatnonzero(gsel[graph.channel_group.numpy()])  # their channels, ascending
+    sizes = np.array([g.size for g, _ in segs], dtype=np.int64)
+    ks = np.array([k for _, k in segs], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    seg = np.repeat(np.arange(len(segs), dtype=np.int64), sizes)
     start_of = starts[seg]
-    by_score = torch.sort(-flat[pos], stable=True).indices
-    order = by_score[torch.sort(seg[by_score], stable=True).indices]
-    rank = torch.arange(pos.numel()) - start_of
-    kept = torch.zeros(pos.numel(), dtype=torch.bool)
-    kept[order[rank < torch.tensor([k for _, k in segs])[seg]]] = True
-    where = kept.nonzero().flatten()
+    by_score = np.argsort(-flat.numpy()[pos], kind="stable")
+    order = by_score[np.argsort(seg[by_score], kind="stable")]
+    rank = np.arange(pos.size, dtype=np.int64) - start_of
+    kept = np.zeros(pos.size, dtype=bool)
+    kept[order[rank < ks[seg]]] = True
+    where = np.flatnonzero(kept)
     local = where - start_of[where]
-    parts = torch.split(local, [k for _, k in segs])
-    out = {g.id: t.clone() for (g, _), t in zip(segs, parts)}
+    bounds = np.cumsum(ks).tolist()
+    out = {g.id: torch.from_numpy(local[b - k:b].copy()) for (g, k), b in zip(segs, bounds)}
     return {g.id: out[g.id] for g, _ in sel}
 
 
@@ -259,15 +276,16 @@ def _layouts(graph: DependencyGraph) -> Tuple[List[Tuple[int, ...]], List[int], 
 
 def _kept_mask(graph: DependencyGraph, keep: Dict[int, torch.Tensor]) -> torch.Tensor:
     """Bool mask over all flat channels: False where ``keep`` (checked) drops a channel."""
-    mask = torch.ones(graph.num_channels, dtype=torch.bool)
+    mask = np.ones(graph.num_channels, dtype=bool)
     if keep:
-        gsel = torch.zeros(len(graph.groups), dtype=torch.bool)
-        gsel[list(keep)] = True
-        mask[gsel[graph.channel_group]] = False
-        ks = list(keep.values())
-        offs = torch.tensor([graph.groups[g].offset for g in keep])
-        mask[torch.cat(ks) + offs.repeat_interleave(torch.tensor([k.numel() for k in ks]))] = True
-    return mask
+        gids = list(keep)
+        gsel = np.zeros(len(graph.groups), dtype=bool)
+        gsel[gids] = True
+        mask[gsel[graph.channel_group.numpy()]] = False
+        ks = [k.numpy() for k in keep.values()]
+        offs = np.array([graph.groups[g].offset for g in gids], dtype=np.int64)
+        mask[np.concatenate(ks) + np.repeat(offs, [k.size for k in ks])] = True
+    return torch.from_numpy(mask)
 
 
 def _short(graph: DependencyGraph, idx: torch.Tensor, lens: List[int], mask: torch.Tensor,
@@ -277,15 +295,16 @@ def _short(graph: DependencyGraph, idx: torch.Tensor, lens: List[int], mask: tor
     all pairs at once; ``idx``: the layouts' flat channel indices, concatenated, ``lens``
     their lengths, ``mask``: :func:`_kept_mask`."""
     n_groups = len(graph.groups)
-    pruned = torch.zeros(n_groups, dtype=torch.bool)
+    pruned = np.zeros(n_groups, dtype=bool)
     pruned[list(keep)] = True
-    seg = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
-    key = seg * n_groups + graph.channel_group[idx]
+    idx_np = idx.numpy()
+    seg = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    key = seg * n_groups + graph.channel_group.numpy()[idx_np]
     size = len(lens) * n_groups
-    total = torch.bincount(key, minlength=size)
-    kept = torch.bincount(key[mask[idx]], minlength=size)
-    bad = (kept < total.clamp_max(min_channels)) & pruned.repeat(len(lens))
-    return bad.nonzero().flatten().tolist()
+    total = np.bincount(key, minlength=size)
+    kept = np.bincount(key[mask.numpy()[idx_np]], minlength=size)
+    bad = (kept < np.minimum(total, min_channels)) & np.tile(pruned, len(lens))
+    return np.flatnonzero(bad).tolist()
 
 
 def _repair_needed(graph: DependencyGraph, keep: Dict[int, torch.Tensor], cfg: PlanConfig) -> bool:

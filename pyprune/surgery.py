@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -104,19 +105,19 @@ def _checked_mask(graph: Any, keep: Dict[Any, Any]) -> Optional[torch.Tensor]:
         if type(gid) is not int or not 0 <= gid < n_groups or not graph.groups[gid].prunable:
             return None
         if not isinstance(k, torch.Tensor) or k.dtype is not torch.int64 or k.dim() != 1 \
-                or not k.is_cpu or k.numel() == 0:
+                or not k.is_cpu or k.numel() == 0 or k.is_neg():
             return None
         sizes.append(graph.groups[gid].size)
     if keep:
-        ks = list(keep.values())
-        counts = torch.tensor([k.numel() for k in ks])
-        flat = torch.cat(ks)
-        first = torch.cumsum(counts, 0) - counts  # each group's first position
-        up = torch.ones(flat.numel(), dtype=torch.bool)
+        arrs = [k.numpy() for k in keep.values()]
+        counts = np.array([a.size for a in arrs], dtype=np.int64)
+        flat = np.concatenate(arrs)
+        first = np.cumsum(counts) - counts  # each group's first position
+        up = np.ones(flat.size, dtype=bool)
         up[1:] = flat[1:] > flat[:-1]
         up[first] = True
-        if not bool(up.all()) or not bool((flat >= 0).all()) \
-                or not bool((flat < torch.tensor(sizes).repeat_interleave(counts)).all()):
+        if not up.all() or (flat < 0).any() or \
+                not (flat < np.repeat(np.array(sizes, dtype=np.int64), counts)).all():
             return None
     return _kept_mask(graph, keep)
 
@@ -149,18 +150,19 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
     layouts, layout_of, idx = _layouts(graph)
     local_of: List[Optional[Tuple[torch.Tensor, List[int]]]] = [None] * len(layouts)
     if layouts:
-        lens = [len(t) for t in layouts]
-        kept = mask[idx]
-        seg = torch.repeat_interleave(torch.arange(len(layouts)), torch.tensor(lens))
-        removed = torch.bincount(seg[~kept], minlength=len(layouts)).tolist()
+        lens = np.array([len(t) for t in layouts], dtype=np.int64)
+        kept = mask.numpy()[idx.numpy()]
+        seg = np.repeat(np.arange(len(layouts), dtype=np.int64), lens)
+        removed = np.bincount(seg[~kept], minlength=len(layouts)).tolist()
         if any(removed):
-            starts = torch.cumsum(torch.tensor(lens), 0) - torch.tensor(lens)
-            where = kept.nonzero().flatten()
+            starts = np.cumsum(lens) - lens
+            where = np.flatnonzero(kept)
             local_all = where - starts[seg[where]]
-            counts = [n - r for n, r in zip(lens, removed)]
+            counts = (lens - np.array(removed, dtype=np.int64)).tolist()
             as_list = local_all.tolist()
             at = 0
-            for lid, (local, c) in enumerate(zip(torch.split(local_all, counts), counts)):
+            for lid, (local, c) in enumerate(zip(torch.split(torch.from_numpy(local_all), counts),
+                                                 counts)):
                 if removed[lid]:
                     local_of[lid] = (local, as_list[at:at + c])
                 at += c

@@ -205,3 +205,24 @@ def test_min_channels_holds_for_every_layer_of_a_coupled_group():
     keep = plan.keep[grp.id].tolist()
     assert any(i < 4 for i in keep) and any(i >= 4 for i in keep)  # a.0 keeps one channel
     assert 7 in keep
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_group_scores_fast_path_equals_the_per_layer_path(graph, reduce):
+    from pyprune.plan import _group_scores_checked
+
+    torch.manual_seed(0)
+    s = {name: torch.randn(len(el) * b) for name, (el, b) in graph.out_maps.items()}
+    names = list(s)
+    s[names[0]] = s[names[0]].double()  # mixed dtypes
+    s[names[1]] = torch.randn(2 * s[names[1]].numel())[::2]  # a strided view
+    s[names[2]] = s[names[2]].clone().requires_grad_()
+    s[names[3]] = torch._neg_view(s[names[3]])  # what numpy cannot view: the per-layer path
+    fast = group_scores(graph, s, reduce)
+    ref = _group_scores_checked(graph, s, reduce)
+    assert torch.equal(torch.nan_to_num(fast, 123.0), torch.nan_to_num(ref, 123.0))
+    del s[names[3]]
+    fast = group_scores(graph, s, reduce)
+    ref = _group_scores_checked(graph, s, reduce)
+    assert torch.equal(torch.nan_to_num(fast, 123.0), torch.nan_to_num(ref, 123.0))
+    assert fast.isnan().any()  # the channels of the layer without scores
