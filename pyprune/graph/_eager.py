@@ -336,10 +336,26 @@ def _conv_module(nd: int, transposed: bool):
         if m.padding_mode != "zeros":
             return None
         p = m._parameters
-        return _conv_shape(nd, transposed, p.get("weight"), p.get("bias"), m.stride, m.padding,
-                           m.dilation, m.groups, m.output_padding if transposed else 0,
-                           empty=True)
+        w, b = p.get("weight"), p.get("bias")
+        consts = (m.stride, m.padding, m.dilation, m.groups, m.output_padding if transposed else 0)
+        if not isinstance(w, torch.Tensor) or (b is not None and not isinstance(b, torch.Tensor)):
+            return _conv_shape(nd, transposed, w, b, *consts, empty=True)
+        # The planner depends on the weights only through their shapes, dtype and device:
+        # layers with equal ones share it (most of a network's convs do).
+        key = (nd, transposed, w.shape, w.dtype, w.device, None if b is None else b.shape, consts)
+        try:
+            run = _CONV_PLANNERS.get(key, _MISSING)
+        except TypeError:  # an unhashable constant (a list, say)
+            return _conv_shape(nd, transposed, w, b, *consts, empty=True)
+        if run is _MISSING:
+            if len(_CONV_PLANNERS) >= 4096:
+                _CONV_PLANNERS.clear()
+            run = _CONV_PLANNERS[key] = _conv_shape(nd, transposed, w, b, *consts, empty=True)
+        return run
     return make
+
+
+_CONV_PLANNERS: Dict[tuple, Any] = {}
 
 
 def _bn_module(ndims: Tuple[int, ...]):
@@ -483,8 +499,7 @@ class _Recorder(TorchFunctionMode):
     def _leaf_forward(self, module: nn.Module, name: str, forward: Any) -> Any:
         base = name.replace(".", "_")
         make = _MODULE_SKIP.get(type(module)) if self.skip else None
-        with _no_torch_function():
-            fast = make(module) if make is not None else None
+        fast = make(module) if make is not None else None  # (patch() disables torch functions)
 
         def leaf_forward(*args: Any, **kwargs: Any) -> Any:
             if self.depth:
@@ -511,10 +526,11 @@ class _Recorder(TorchFunctionMode):
 
     def patch(self) -> None:
         """Give each leaf module an instance ``forward`` that records its call."""
-        for m, name in self.leaves:
-            old = m.__dict__.get("forward", _MISSING)
-            self._patched.append((m, old))
-            m.__dict__["forward"] = self._leaf_forward(m, name, m.forward)
+        with _no_torch_function():  # reading the layers' constants is not the model's code
+            for m, name in self.leaves:
+                old = m.__dict__.get("forward", _MISSING)
+                self._patched.append((m, old))
+                m.__dict__["forward"] = self._leaf_forward(m, name, m.forward)
 
     def unpatch(self) -> None:
         for m, old in reversed(self._patched):

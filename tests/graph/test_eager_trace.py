@@ -362,3 +362,17 @@ def test_conv2d_shape_with_different_settings_per_dim(kernel, stride, padding, d
     fast = _MODULE_SKIP[nn.Conv2d](layer)(x)
     assert fast.shape == layer(x).shape
     _check_skip(torch.conv2d, x, layer.weight, layer.bias, stride, padding, dilation)
+
+
+def test_equal_convs_share_one_shape_planner():
+    make = _MODULE_SKIP[nn.Conv2d]
+    a, b = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+    assert make(a) is make(b)  # same shapes, dtype, device and settings
+    listed = nn.Conv2d(4, 6, 3)
+    listed.padding = [1, 1]  # unhashable: not cached, still served
+    for other in (nn.Conv2d(4, 6, 3, padding=2), nn.Conv2d(4, 6, 3, padding=1, bias=False),
+                  nn.Conv2d(4, 6, 3, padding=1).double(), nn.Conv2d(4, 6, 3, padding=1, stride=2),
+                  listed):
+        assert make(other) is not make(a)
+        x = torch.randn(2, 4, 9, 9, dtype=other.weight.dtype)
+        assert make(other)(x).shape == other(x).shape
