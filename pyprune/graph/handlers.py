@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ._core import ChannelInfo, GraphState, Node, map_nodes, module_dict
+from ._core import ChannelInfo, GraphState, Node, TensorShape, map_nodes, module_dict
 
 __all__ = ["HANDLERS", "Context", "Handler", "lookup", "unknown"]
 
@@ -62,6 +62,8 @@ class Context:
     def shape(arg: Any) -> Optional[Tuple[int, ...]]:
         if isinstance(arg, Node):
             meta = arg.meta.get("tensor_meta")
+            if type(meta) is TensorShape:  # the tracers record a tuple of ints
+                return meta.shape
             if meta is not None and hasattr(meta, "shape"):
                 return tuple(int(s) for s in meta.shape)
         return None
@@ -241,8 +243,12 @@ def _norm(ctx: Context, node: Node, m: nn.Module) -> Result:
     if x.dim != 1:
         ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
         return None
+    params, buffers = m._parameters, m._buffers
     for attr in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(m, attr, None) is not None:
+        # getattr(m, attr, None), reading the dicts it would end in first
+        t = params[attr] if attr in params else buffers[attr] if attr in buffers else \
+            getattr(m, attr, None)
+        if t is not None:
             ctx.add_tensor(name, attr, 0, x.block, x.elems, "out")
     ctx.add_attr(name, "num_features", x.block, x.elems)
     return x
@@ -329,10 +335,12 @@ def _elementwise(ctx: Context, node: Node, target: Any) -> Result:
     tracked = [(a, i) for a, i in infos if i is not None]
     if not tracked:
         return None
-    reason = f"{_describe(node)} (node {node.name}) combines channels it cannot align"
+    def reason() -> str:
+        return f"{_describe(node)} (node {node.name}) combines channels it cannot align"
+
     if out_shape is None:
         for _, i in tracked:
-            ctx.freeze(i, reason)
+            ctx.freeze(i, reason())
         return None
     ndim = len(out_shape)
 
@@ -384,7 +392,7 @@ def _elementwise(ctx: Context, node: Node, target: Any) -> Result:
             break
     if not ok:
         for _, i in tracked:
-            ctx.freeze(i, reason)
+            ctx.freeze(i, reason())
         return None
     return ChannelInfo(d, first.elems, first.block)
 
