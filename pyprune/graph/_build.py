@@ -190,8 +190,7 @@ class DependencyGraph:
         self._map_ids: Dict[Tuple[int, ...], int] = {}
         self._maps: List[torch.Tensor] = []
         self._gid = torch.from_numpy(gid_of)
-        self.channel_group = torch.repeat_interleave(
-            torch.arange(len(sizes), dtype=torch.int64), torch.tensor(sizes, dtype=torch.int64))
+        self.channel_group = torch.from_numpy(np.repeat(np.arange(len(sizes), dtype=np.int64), sizes))
         gid_list = gid_of.tolist()
         # unprunable channels
         for name, why in state.opaque_tensors.items():
@@ -206,9 +205,17 @@ class DependencyGraph:
         # The distinct channel layouts of the members (tensor members, then attribute
         # members; members often share one: a conv's filters, its bias, the BatchNorm
         # after it), their elements concatenated, and the groups each layout touches.
+        # (Members made from one ChannelInfo share its elems tuple: look those up by
+        # identity, and hash the contents of each distinct tuple object once.)
         ids: Dict[Tuple[int, ...], int] = {}
-        layout_of = [ids.setdefault(tuple(m.elems), len(ids)) for m in self.tensor_members]
-        layout_of += [ids.setdefault(tuple(a.elems), len(ids)) for a in self.attr_members]
+        by_obj: Dict[int, int] = {}
+        layout_of: List[int] = []
+        for m in itertools.chain(self.tensor_members, self.attr_members):
+            el = m.elems
+            lid = by_obj.get(id(el))
+            if lid is None:
+                lid = by_obj[id(el)] = ids.setdefault(tuple(el), len(ids))
+            layout_of.append(lid)
         layouts = list(ids)
         cat, layout_groups = _groups_of_seqs(gid_of, layouts, len(sizes))
         self._member_layouts = (layouts, layout_of, torch.from_numpy(flat[cat]))

@@ -138,7 +138,7 @@ class TensorMember:
     name: str
     dim: int
     block: int
-    elems: List[int]
+    elems: Tuple[int, ...]
     role: str
     modules: List[str]
 
@@ -150,7 +150,7 @@ class AttrMember:
     module: str
     attr: str
     block: int
-    elems: List[int]
+    elems: Tuple[int, ...]
 
 
 def find_root(parent: List[int], e: int) -> int:
@@ -218,7 +218,7 @@ class GraphState:
         key = (name, dim)
         m = self.tensor_members.get(key)
         if m is None:
-            self.tensor_members[key] = TensorMember(name, dim, block, list(elems), role, [module])
+            self.tensor_members[key] = TensorMember(name, dim, block, tuple(elems), role, [module])
             return
         if m.block == block and len(m.elems) == len(elems):
             self.unify(m.elems, elems)
@@ -232,7 +232,7 @@ class GraphState:
         key = (module, attr)
         m = self.attr_members.get(key)
         if m is None:
-            self.attr_members[key] = AttrMember(module, attr, block, list(elems))
+            self.attr_members[key] = AttrMember(module, attr, block, tuple(elems))
         elif m.block == block and len(m.elems) == len(elems):
             self.unify(m.elems, elems)
         else:
