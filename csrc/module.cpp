@@ -223,12 +223,25 @@ class SelectBatch {
     select_plan_tensor(t, /*force_order=*/true);
   }
 
-  // Original (sizes, strides) of every tensor, as the batch was built.
-  py::list original_layouts() const {
-    py::list out(t_.size());
-    for (size_t i = 0; i < t_.size(); ++i)
-      out[i] = py::make_tuple(py::cast(t_[i].sizes), py::cast(t_[i].strides));
-    return out;
+  // Gives each tensor of `tensors` (the batch's, in order) its compacted layout, or
+  // with `original` the one it had, through its own `as_strided_` (same storage and
+  // offset): one loop here instead of one Python call per tensor.  The caller holds
+  // torch.no_grad().  Raises what as_strided_ raises; tensors before that have
+  // their new layout (the caller's undo puts every one back).
+  void apply_layouts(py::sequence tensors, bool original) const {
+    static PyObject* const kAsStrided = PyUnicode_InternFromString("as_strided_");
+    if (static_cast<size_t>(py::len(tensors)) != t_.size())
+      throw std::invalid_argument("SelectBatch.apply_layouts: one tensor per batch tensor");
+    for (size_t i = 0; i < t_.size(); ++i) {
+      const SelectTensor& t = t_[i];
+      const std::vector<int64_t>& sizes = original ? t.sizes : t.new_sizes;
+      const std::vector<int64_t>& strides = original ? t.strides : t.new_strides;
+      const py::tuple s = int_tuple_of(sizes), st = int_tuple_of(strides);
+      const py::object tensor = tensors[i];
+      PyObject* r = PyObject_CallMethodObjArgs(tensor.ptr(), kAsStrided, s.ptr(), st.ptr(), nullptr);
+      if (r == nullptr) throw py::error_already_set();
+      Py_DECREF(r);
+    }
   }
 
   // Copies the bytes that in-place compaction overwrites (the first kept_bytes
@@ -394,6 +407,16 @@ class SelectBatch {
     return !overflow && !(v == -1 && PyErr_Occurred());
   }
 
+  static py::tuple int_tuple_of(const std::vector<int64_t>& v) {
+    py::tuple out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      PyObject* x = PyLong_FromLongLong(v[i]);
+      if (x == nullptr) throw py::error_already_set();
+      PyTuple_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), x);
+    }
+    return out;
+  }
+
   static bool int_tuple(PyObject* o, std::vector<int64_t>& out) {
     if (!PyTuple_Check(o)) return false;  // torch.Size is a tuple
     const Py_ssize_t n = PyTuple_GET_SIZE(o);
@@ -508,7 +531,8 @@ PYBIND11_MODULE(_C, m) {
       .def("not_dense", &SelectBatch::not_dense, py::arg("nonempty"))
       .def("overlap", &SelectBatch::overlap)
       .def("layouts", &SelectBatch::layouts)
-      .def("original_layouts", &SelectBatch::original_layouts)
+      .def("apply_layouts", &SelectBatch::apply_layouts, py::arg("tensors"), py::arg("original"),
+           "Gives each tensor its compacted (or with original=True its original) layout via as_strided_.")
       .def("snapshot", &SelectBatch::snapshot, py::arg("threads"),
            "Saves the bytes in-place compaction overwrites (for restore); returns their number.")
       .def("restore", &SelectBatch::restore, py::arg("threads"),

@@ -169,6 +169,10 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
     n_tensor = len(graph.tensor_members)
 
     modules = look.modules
+    paths = graph.__dict__.get("_pyprune_member_paths")  # (module, attr) of each tensor member
+    if paths is None:
+        paths = graph.__dict__["_pyprune_member_paths"] = [
+            m.name.rpartition(".")[::2] for m in graph.tensor_members]
     for i, m in enumerate(graph.tensor_members):
         lk = local_of[layout_of[i]]
         if lk is None:
@@ -177,10 +181,14 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
         if not local_list:
             raise ValueError(f"the plan removes every channel of {m.name} (dim {m.dim}); "
                              "keep at least one channel per layer (min_channels)")
-        # look.tensor(m.name), with its common case inline
-        mod_name, _, attr = m.name.rpartition(".")
+        # look.tensor(m.name), with its common cases inline
+        mod_name, attr = paths[i]
         mod = modules.get(mod_name)
-        t = None if mod is None else mod._parameters.get(attr)
+        t = None
+        if mod is not None:
+            t = mod._parameters.get(attr)
+            if t is None:
+                t = mod._buffers.get(attr)
         if t is None:
             t = look.tensor(m.name)
         shape, dim, block = t.shape, m.dim, m.block

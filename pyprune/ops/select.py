@@ -299,9 +299,8 @@ class _InPlace:
                 for t, new in zip(tensors, news):
                     t.set_(new)
             return
-        with torch.no_grad():
-            for t, (sizes, strides) in zip(tensors, batch.layouts()):
-                t.set_(t.untyped_storage(), t.storage_offset(), sizes, strides)
+        with torch.no_grad():  # same storage and offset, the compacted sizes and strides
+            batch.apply_layouts(tensors, False)
 
     def _save_device(self, backup: bool) -> list:
         saved = []
@@ -324,8 +323,7 @@ class _InPlace:
             return
         with torch.no_grad():
             if self.device.type == "cpu":
-                for t, (sizes, strides) in zip(self.tensors, self.batch.original_layouts()):
-                    t.set_(t.untyped_storage(), t.storage_offset(), sizes, strides)
+                self.batch.apply_layouts(self.tensors, True)
                 if self._snapshot:
                     self.batch.restore(self.nthreads)
                 return
