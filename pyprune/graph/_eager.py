@@ -264,7 +264,8 @@ def _batch_norm_shape(mean: Any, var: Any, weight: Any, bias: Any, ndims: Tuple[
         if type(x) is not torch.Tensor or x.dim() not in ndims or x.shape[1] != c or \
                 x.device != device:
             return None
-        return x.new_empty(x.shape) if empty else x.new_zeros(x.shape)
+        # (the *_like allocators keep x's memory format, as batch_norm does)
+        return torch.empty_like(x) if empty else torch.zeros_like(x)
 
     return run
 
@@ -374,7 +375,7 @@ def _relu_module(m: Any) -> Any:
     def run(x: Any) -> Optional[torch.Tensor]:
         if type(x) is not torch.Tensor:
             return None
-        return x if inplace else x.new_empty(x.shape)
+        return x if inplace else torch.empty_like(x)
 
     return run
 
