@@ -170,14 +170,14 @@ def _score_index(graph: DependencyGraph, names: List[str]) -> np.ndarray:
     key = tuple(names)
     idx = cache.get(key)
     if idx is None:
-        out_maps = graph.out_maps
-        elems: List[int] = []
+        out_maps, out_flat, slices = graph.out_maps, graph._out_flat, graph._out_slices
+        parts = []
         blocks: List[Tuple[int, int]] = []  # (channels, block) per layer
         for name in names:
-            el, block = out_maps[name]
-            elems.extend(el)
-            blocks.append((len(el), block))
-        idx = graph.flat_index(elems).numpy()
+            a, b = slices[name]
+            parts.append(out_flat[a:b])
+            blocks.append((b - a, out_maps[name][1]))
+        idx = np.concatenate(parts)
         if any(b != 1 for _, b in blocks):
             lens, bs = zip(*blocks)
             idx = np.repeat(idx, np.repeat(np.array(bs), lens))
@@ -382,7 +382,7 @@ def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
     skipped: Dict[int, str] = {}
     global_pool: List[Group] = []
     top: List[Tuple[Group, int]] = []
-    unscored = set(graph.channel_group[torch.isnan(flat)].tolist())
+    unscored = set(graph.channel_group.numpy()[np.isnan(flat.numpy())].tolist())
     for g in graph.groups:
         if not g.prunable:
             continue

@@ -224,8 +224,14 @@ class DependencyGraph:
                 self.groups[g].members.append(m)
         self.out_maps: Dict[str, Tuple[List[int], int]] = dict(state.out_maps)
         outs = list(self.out_maps.items())
-        for (name, _), gs in zip(outs, _groups_of_seqs(gid_of, [e for _, (e, _) in outs],
-                                                        len(sizes))[1]):
+        cat, out_groups = _groups_of_seqs(gid_of, [e for _, (e, _) in outs], len(sizes))
+        # flat channel index of every producer's channels, and each producer's slice of it
+        self._out_flat = flat[cat]
+        self._out_slices: Dict[str, Tuple[int, int]] = {}
+        at = 0
+        for (name, (elems, _)), gs in zip(outs, out_groups):
+            self._out_slices[name] = (at, at + len(elems))
+            at += len(elems)
             for g in gs:
                 if name not in self.groups[g].producers:
                     self.groups[g].producers.append(name)
