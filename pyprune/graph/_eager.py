@@ -369,6 +369,10 @@ def _bn_module(ndims: Tuple[int, ...]):
     return make
 
 
+def _identity(x: Any) -> Optional[torch.Tensor]:
+    return x if type(x) is torch.Tensor else None
+
+
 def _relu_module(m: Any) -> Any:
     inplace = m.inplace
 
@@ -380,8 +384,8 @@ def _relu_module(m: Any) -> Any:
     return run
 
 
-# Exact torch.nn classes whose forward(x) is one of the ops above (or ReLU): with
-# skip_arithmetic they are not run at all.
+# Exact torch.nn classes whose forward(x) is one of the ops above (or ReLU, or x
+# itself): with skip_arithmetic they are not run at all.
 _MODULE_SKIP: Dict[type, Any] = {
     nn.Conv1d: _conv_module(1, False), nn.Conv2d: _conv_module(2, False),
     nn.Conv3d: _conv_module(3, False), nn.ConvTranspose1d: _conv_module(1, True),
@@ -389,6 +393,7 @@ _MODULE_SKIP: Dict[type, Any] = {
     nn.Linear: lambda m: _linear_shape(m.weight, m.bias, empty=True),
     nn.BatchNorm1d: _bn_module((2, 3)), nn.BatchNorm2d: _bn_module((4,)),
     nn.BatchNorm3d: _bn_module((5,)), nn.ReLU: _relu_module,
+    nn.Identity: lambda m: _identity,  # forward(x) is x
 }
 
 
