@@ -198,8 +198,7 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
                              f"{expect} along dim {dim}: the graph is stale, rebuild it")
         pairs.append((t, dim, block))
         keeps.append(local)
-        # (members with one layout share its keep list: records are plain, read-only data)
-        tensors_rec.append({"name": m.name, "dim": dim, "block": block, "keep": local_list})
+        tensors_rec.append({"name": m.name, "dim": dim, "block": block, "keep": list(local_list)})
         grad = t.grad
         if grad is None and not opt_state:
             continue

@@ -281,24 +281,22 @@ class _InPlace:
         tensors, batch = self.tensors, self.batch
         if not tensors:
             return
-        cpu = self.device.type == "cpu"
-        if cpu:
+        if self.device.type == "cpu":
             if backup:
                 batch.snapshot(self.nthreads)
                 self._snapshot = True
             self._saved = []
+            batch.run_cpu(None, self.nthreads)
         else:
             self._saved = self._save_device(backup)
-        if cpu:
-            batch.run_cpu(None, self.nthreads)
-        elif self._native:
-            _cuda_launch(self.device, batch, None)
-        else:
-            news = [_fallback(t, s) for t, s in zip(tensors, self.sels)]
-            with torch.no_grad():
-                for t, new in zip(tensors, news):
-                    t.set_(new)
-            return
+            if self._native:
+                _cuda_launch(self.device, batch, None)
+            else:
+                news = [_fallback(t, s) for t, s in zip(tensors, self.sels)]
+                with torch.no_grad():
+                    for t, new in zip(tensors, news):
+                        t.set_(new)
+                return
         with torch.no_grad():  # same storage and offset, the compacted sizes and strides
             batch.apply_layouts(tensors, False)
 
