@@ -24,4 +24,10 @@ struct RowAbsSumJob {
 // is large enough to pay for waking them.
 void row_abs_sum_many(const RowAbsSumJob* jobs, int64_t n, int threads);
 
+namespace detail {
+// Rows [r0, r1) of one job, per instruction set (row_norms_{generic,avx2}.cpp).
+void row_abs_sum_rows_generic(const RowAbsSumJob& job, int64_t r0, int64_t r1);
+void row_abs_sum_rows_avx2(const RowAbsSumJob& job, int64_t r0, int64_t r1);
+}  // namespace detail
+
 }  // namespace pyprune

@@ -3,20 +3,14 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/cpu.h"
 #include "common/parallel.h"
 #include "rank/rank.h"
 
 namespace pyprune {
 namespace {
 
-bool use_avx2() {
-#if defined(PYPRUNE_HAVE_AVX2_TU) && (defined(__x86_64__) || defined(_M_X64))
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
+bool use_avx2() { return cpu_use_avx2(); }
 
 int64_t slot_doubles(int64_t rows, int64_t cols, DType dtype) {
 #if defined(PYPRUNE_HAVE_AVX2_TU)
