@@ -12,9 +12,11 @@ changes.  If the op or an attribute update still fails, every touched tensor is 
 back (storage, shape, strides and data) and every attribute restored, then the error is
 re-raised.  For the data, ``backup=True`` (the default) copies beforehand the part of
 each tensor's storage that in-place compaction overwrites (its first new-numel
-elements; a quarter of a conv weight pruned 50% on both sides); the op validates
-everything before it writes, so ``backup=False`` only gives up protection against a
-failure inside the native op itself.
+elements; a quarter of a conv weight pruned 50% on both sides; on the CPU one native
+copy into a buffer the op owns).  The op validates everything before it writes, so
+``backup=False`` only gives up the data of a failure that comes once the op has
+started writing (inside it, or in an attribute update after it): storages, shapes,
+strides and attributes are restored either way.
 
 Each surgery appends a plain-data record to ``model._pyprune_history`` (names, dims,
 blocks, keep-indices and new attribute values); :func:`replay` re-applies such records
