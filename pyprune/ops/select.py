@@ -251,7 +251,7 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     All arguments are validated before any memory is touched: on error nothing
     is modified.  Returns the tensors of ``pairs`` (compacted), in order.
     """
-    _InPlace("select_channels_", pairs, keep, threads).run()
+    _InPlace("select_channels_", pairs, keep, threads).run(undoable=False)
     return [p[0] for p in pairs]
 
 
@@ -261,7 +261,8 @@ class _InPlace:
     The constructor validates everything (nothing is touched on error).  ``run(backup)``
     compacts; ``undo()`` afterwards (typically after a later failure) puts every tensor
     back: its storage and layout always, its data when ``backup`` was set, which saves
-    beforehand what the compaction overwrites.  On the CPU the native batch copies the
+    beforehand what the compaction overwrites (``run(undoable=False)``: nothing is
+    kept for an undo, the plain :func:`select_channels_`).  On the CPU the native batch copies the
     written bytes of every tensor (the first compacted-size bytes from its data pointer)
     into one buffer it owns; on a CUDA device torch clones the written front of each
     tensor; the index_select fallback writes nothing in place (it re-points tensors to
@@ -277,18 +278,20 @@ class _InPlace:
         self._saved: Optional[list] = None
         self._snapshot = False
 
-    def run(self, backup: bool = False) -> None:
+    def run(self, backup: bool = False, undoable: bool = True) -> None:
         tensors, batch = self.tensors, self.batch
         if not tensors:
             return
         if self.device.type == "cpu":
-            if backup:
+            if backup and undoable:
                 batch.snapshot(self.nthreads)
                 self._snapshot = True
-            self._saved = []
+            if undoable:
+                self._saved = []
             batch.run_cpu(None, self.nthreads)
         else:
-            self._saved = self._save_device(backup)
+            if undoable:
+                self._saved = self._save_device(backup)
             if self._native:
                 _cuda_launch(self.device, batch, None)
             else:

@@ -306,6 +306,9 @@ def test_in_place_undo_before_run_and_on_the_fallback_device():
     job = select_mod._InPlace("select_channels_", [(t, 0)], torch.tensor([1, 3]), None)
     job.undo()  # never ran: nothing to do
     assert t.shape == (6, 4)
+    job.run(backup=True, undoable=False)  # the plain op: nothing kept, undo does nothing
+    job.undo()
+    assert t.shape == (2, 4)
     m = torch.empty(6, 4, device="meta")  # index_select fallback: re-pointed storage
     job = select_mod._InPlace("select_channels_", [(m, 0), (m, 1)], [torch.tensor([1, 3]),
                               torch.tensor([0, 2, 3])], None)
