@@ -90,7 +90,7 @@ class SelectBatch {
   //   `shared` every pair has the same one and equal channel counts.
   //   tensor_types: the exact types accepted as tensors.
   static py::object from_pairs(py::handle pairs, py::handle keeps, bool shared, bool in_place,
-                               py::tuple tensor_types) {
+                               bool refuse_inference, py::tuple tensor_types) {
     static PyObject* const kShape = PyUnicode_InternFromString("shape");
     static PyObject* const kStride = PyUnicode_InternFromString("stride");
     static PyObject* const kDataPtr = PyUnicode_InternFromString("data_ptr");
@@ -98,6 +98,7 @@ class SelectBatch {
     static PyObject* const kDevice = PyUnicode_InternFromString("device");
     static PyObject* const kIsCpu = PyUnicode_InternFromString("is_cpu");
     static PyObject* const kIsCuda = PyUnicode_InternFromString("is_cuda");
+    static PyObject* const kIsInference = PyUnicode_InternFromString("is_inference");
     const py::object none = py::none();
     if (!PyList_CheckExact(pairs.ptr()) && !PyTuple_CheckExact(pairs.ptr())) return none;
     // A snapshot: the attributes read below run torch code, not ours.
@@ -137,6 +138,11 @@ class SelectBatch {
           return fail();
         st.data = as_ptr<char>(PyLong_AsUnsignedLongLong(ptr.ptr()));
         if (PyErr_Occurred()) return fail();
+        if (refuse_inference) {  // torch refuses their new layout only after the data moved
+          const auto inf = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t.ptr(), kIsInference));
+          if (!inf) return fail();
+          if (inf.ptr() != Py_False) return none;
+        }
         if (b.t_.empty()) {
           // Only CPU and CUDA tensors: other devices take the index_select fallback.
           const auto cpu = py::reinterpret_steal<py::object>(PyObject_GetAttr(t.ptr(), kIsCpu));
@@ -525,7 +531,7 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<const std::vector<SelectBatch::TensorSpec>&, const std::vector<int64_t>&, py::object>(),
            py::arg("tensors"), py::arg("sels"), py::arg("keepalive"))
       .def_static("from_pairs", &SelectBatch::from_pairs, py::arg("pairs"), py::arg("keeps"), py::arg("shared"),
-                  py::arg("in_place"), py::arg("tensor_types"))
+                  py::arg("in_place"), py::arg("refuse_inference"), py::arg("tensor_types"))
       .def("tensors", &SelectBatch::tensors)
       .def("device", &SelectBatch::device)
       .def("not_dense", &SelectBatch::not_dense, py::arg("nonempty"))

@@ -283,3 +283,15 @@ def test_keep_as_lists_or_int32_gives_the_same_model():
         for name in got[0]:
             assert torch.equal(got[0][name][0], base_snap[0][name][0]), name
         assert got[1] == base_snap[1]
+
+
+def test_inference_tensor_weights_are_refused_before_anything_changes():
+    model, g, plan = setup()
+    with torch.no_grad(), torch.inference_mode():  # e.g. weights loaded under inference mode
+        model.c2.weight = nn.Parameter(model.c2.weight.clone(), requires_grad=False)
+    g = build_graph(model, X)
+    plan = make_plan(g, random_scores(model, seed=0), ratio=0.5)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="inference tensor"):
+        apply_plan(model, plan)
+    assert_same(snapshot(model), before)

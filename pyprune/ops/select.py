@@ -87,7 +87,9 @@ def _validate(op: str, pairs, keep, in_place: bool):
             keeps.append(c)
     else:
         keeps = [_as_index(op, "keep", keep)] * len(pairs)
-    batch = _C.SelectBatch.from_pairs(pairs, keeps, not per_pair, in_place, _TENSOR_TYPES)
+    refuse_inference = in_place and not torch.is_inference_mode_enabled()
+    batch = _C.SelectBatch.from_pairs(pairs, keeps, not per_pair, in_place, refuse_inference,
+                                      _TENSOR_TYPES)
     if batch is not None:
         device = batch.device()
         if device.type == "cpu" or _native_cuda(device):
@@ -116,6 +118,11 @@ def _validate_pairs(op: str, pairs, keeps, per_pair: bool, in_place: bool):
                 raise TypeError(f"{op}: pairs[{i}] {name} must be an int, got {type(v).__name__} {v!r}")
         if t.dim() == 0:
             raise ValueError(f"{op}: pairs[{i}] tensor is 0-dim; it has no channel dimension")
+        if in_place and t.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(f"{op}: pairs[{i}] tensor is an inference tensor (made under "
+                             "torch.inference_mode()), which torch lets change in place only "
+                             "inside inference mode: call this under torch.inference_mode(), "
+                             "or clone the tensor first")
         if not -t.dim() <= dim < t.dim():
             raise ValueError(f"{op}: pairs[{i}] dim {dim} is out of range for a tensor of shape {tuple(t.shape)}")
         dim %= t.dim()

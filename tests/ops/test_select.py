@@ -178,7 +178,8 @@ def test_native_fast_path_matches_python_checks(case):
     pairs = [(t, d, b) for d, (_, b) in sels.items()] + [(other, 0)]
     keeps = [select_mod._as_index("op", "keep", k) for k in [k for k, _ in sels.values()] + [[2]]]
     for in_place in (True, False):
-        fast = _C.SelectBatch.from_pairs(pairs, keeps, False, in_place, select_mod._TENSOR_TYPES)
+        fast = _C.SelectBatch.from_pairs(pairs, keeps, False, in_place, in_place,
+                                         select_mod._TENSOR_TYPES)
         tensors, _, slow, _ = select_mod._validate_pairs("op", pairs, keeps, True, in_place)
         assert fast is not None
         assert len(fast.tensors()) == len(tensors) and all(a is b for a, b in zip(fast.tensors(), tensors))
@@ -316,3 +317,22 @@ def test_in_place_undo_before_run_and_on_the_fallback_device():
     assert m.shape == (2, 3)
     job.undo()
     assert m.shape == (6, 4) and m.stride() == (4, 1)
+
+
+def test_inference_tensors_are_refused_in_place_outside_inference_mode():
+    # torch refuses their new shape only after the data would have moved: check first
+    with torch.inference_mode():
+        t = torch.arange(24.0).reshape(6, 4)
+        u = torch.arange(24.0).reshape(6, 4)
+    other = torch.randn(6, 3)
+    before, other_before = t.clone(), other.clone()
+    keep = torch.tensor([1, 3])
+    for pairs in ([(t, 0)], [(other, 0), (t, 0)]):  # alone, and after a normal tensor
+        with pytest.raises(ValueError, match=r"pairs\[\d\] tensor is an inference tensor"):
+            select_channels_(pairs, keep)
+        assert t.shape == (6, 4) and torch.equal(t, before)
+        assert other.shape == (6, 3) and torch.equal(other, other_before)
+    assert torch.equal(select_channels([(t, 0)], keep)[0], before[keep])  # out of place: fine
+    with torch.inference_mode():
+        select_channels_([(u, 0)], keep)
+    assert torch.equal(u, before[keep])
