@@ -256,7 +256,9 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     re-pointed to the new storage.
 
     All arguments are validated before any memory is touched: on error nothing
-    is modified.  Returns the tensors of ``pairs`` (compacted), in order.
+    is modified.  Inference tensors (made under :func:`torch.inference_mode`)
+    are refused outside inference mode, where torch forbids changing them in
+    place.  Returns the tensors of ``pairs`` (compacted), in order.
     """
     _InPlace("select_channels_", pairs, keep, threads).run(undoable=False)
     return [p[0] for p in pairs]
