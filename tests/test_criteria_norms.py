@@ -95,3 +95,24 @@ def test_filter_norms_batches_layers_exactly(threads):
             torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
         else:
             assert got.dtype == m.weight.dtype and torch.equal(got, ref.to(got.dtype)), n
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_abs_sum_many_mixed_jobs(threads):
+    # one native call: float32 and float64 jobs, a job without rows, rows without
+    # columns, strided rows, and enough values (> 1M) for the threaded split by values
+    torch.manual_seed(0)
+    mats = [torch.randn(7, 3), torch.randn(0, 5), torch.randn(4, 0),
+            torch.randn(300, 2500, dtype=torch.float64), torch.randn(40, 30)[:, 5:25],
+            torch.randn(1000, 700), torch.randn(3, 1, dtype=torch.float64)]
+    outs = [m.new_empty(m.shape[0]) for m in mats]
+    specs = [(m.data_ptr(), 0 if m.dtype == torch.float32 else 1, m.shape[0], m.shape[1],
+              m.stride(0) if m.shape[0] > 1 else m.shape[1], o.data_ptr())
+             for m, o in zip(mats, outs)]
+    _C.row_abs_sum_many(specs, threads)
+    for m, o in zip(mats, outs):
+        ref = m.double().abs().sum(1)
+        assert torch.equal(o, ref.to(o.dtype)) if o.dtype == torch.float32 else \
+            torch.allclose(o, ref, rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="spec 1"):
+        _C.row_abs_sum_many([specs[0], (0, 5, 1, 1, 1, 0)], 1)
