@@ -168,7 +168,7 @@ class GraphState:
 
     def __init__(self) -> None:
         self.parent: List[int] = []
-        self.spaces: List[Tuple[str, List[int]]] = []
+        self.spaces: List[Tuple[str, Tuple[int, ...]]] = []
         self.frozen: Dict[int, List[str]] = {}
         self.tensor_members: Dict[Tuple[str, int], TensorMember] = {}
         self.attr_members: Dict[Tuple[str, str], AttrMember] = {}
@@ -200,12 +200,12 @@ class GraphState:
     # creation ---------------------------------------------------------------------
     def new_space(self, owner: str, n: int, frozen: Optional[str] = None) -> Tuple[int, ...]:
         start = len(self.parent)
-        elems = list(range(start, start + n))
+        elems = tuple(range(start, start + n))
         self.parent.extend(elems)
         self.spaces.append((owner, elems))
         if frozen is not None:
             self.freeze(elems, frozen)
-        return tuple(elems)
+        return elems
 
     def freeze(self, elems: Sequence[int], reason: str) -> None:
         for e in elems:
