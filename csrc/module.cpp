@@ -263,14 +263,13 @@ class SelectBatch {
       py::gil_scoped_release nogil;
       copy_regions(regions, saved.get(), /*to_regions=*/false, threads);
     }
-    saved_ = std::move(saved);
-    has_snapshot_ = true;
+    saved_ = std::move(saved);  // (never null once taken: at least one byte)
     return total;
   }
 
   // Writes the snapshot back (the data only; the caller restores the layouts).
   void restore(int threads) const {
-    if (!has_snapshot_) throw std::invalid_argument("SelectBatch.restore: no snapshot was taken");
+    if (!saved_) throw std::invalid_argument("SelectBatch.restore: no snapshot was taken");
     std::vector<std::pair<char*, int64_t>> regions = written_regions();
     py::gil_scoped_release nogil;
     copy_regions(regions, saved_.get(), /*to_regions=*/true, threads);
@@ -433,8 +432,7 @@ class SelectBatch {
   }
 
   std::vector<SelectTensor> t_;
-  std::unique_ptr<char[]> saved_;  // snapshot(): the written regions, end to end
-  bool has_snapshot_ = false;
+  std::unique_ptr<char[]> saved_;  // snapshot(): the written regions, end to end (null before)
   std::vector<py::object> tensors_;  // fast path: the tensors of t_
   py::object device_;
   py::object keepalive_;
@@ -490,22 +488,6 @@ PYBIND11_MODULE(_C, m) {
           return rank_cpu_workspace_bytes(rows, cols, static_cast<DType>(dtype), threads);
         },
         py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("threads"));
-  m.def("row_abs_sum_cpu",
-        [](uintptr_t x, int dtype, int64_t rows, int64_t cols, int64_t row_stride, uintptr_t out,
-           int threads) {
-          if (rows < 0 || cols < 0 || row_stride < cols) throw std::invalid_argument("row_abs_sum_cpu: bad shape");
-          py::gil_scoped_release release;
-          if (dtype == 0) {
-            row_abs_sum_cpu(as_ptr<const float>(x), rows, cols, row_stride, as_ptr<float>(out), threads);
-          } else if (dtype == 1) {
-            row_abs_sum_cpu(as_ptr<const double>(x), rows, cols, row_stride, as_ptr<double>(out), threads);
-          } else {
-            throw std::invalid_argument("row_abs_sum_cpu: dtype must be 0 (float32) or 1 (float64)");
-          }
-        },
-        py::arg("x"), py::arg("dtype"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
-        py::arg("out"), py::arg("threads"),
-        "out[r] = sum of |x| along row r (columns contiguous), accumulated in double.");
   m.def("row_abs_sum_many",
         [](const std::vector<std::tuple<uintptr_t, int, int64_t, int64_t, int64_t, uintptr_t>>& specs,
            int threads) {
@@ -520,7 +502,8 @@ PYBIND11_MODULE(_C, m) {
           row_abs_sum_many(jobs.data(), static_cast<int64_t>(jobs.size()), threads);
         },
         py::arg("specs"), py::arg("threads"),
-        "row_abs_sum_cpu of many matrices: specs are (x, dtype, rows, cols, row_stride, out) each.");
+        "out[r] = sum of |x| along row r (columns contiguous), accumulated in double, for many "
+        "matrices: specs are (x, dtype 0 float32 / 1 float64, rows, cols, row_stride, out) each.");
   m.def("select_check_keep",
         [](uintptr_t keep, int64_t n, int64_t size) { return select_check_keep(as_ptr<const int64_t>(keep), n, size); },
         py::arg("keep"), py::arg("n"), py::arg("size"),

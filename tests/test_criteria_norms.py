@@ -12,8 +12,8 @@ from pyprune.criteria.magnitude import _l1_rows, filter_norms
 def _native(x: torch.Tensor, threads: int = 2) -> torch.Tensor:
     out = x.new_empty(x.shape[0])
     code = {torch.float32: 0, torch.float64: 1}[x.dtype]
-    _C.row_abs_sum_cpu(x.data_ptr(), code, x.shape[0], x.shape[1], x.stride(0), out.data_ptr(),
-                       threads)
+    _C.row_abs_sum_many([(x.data_ptr(), code, x.shape[0], x.shape[1], x.stride(0),
+                          out.data_ptr())], threads)
     return out
 
 
@@ -44,7 +44,7 @@ def test_row_abs_sum_edge_cases():
     assert float(_native(tiny)) == float(torch.tensor(1000 * float(tiny[0, 0]), dtype=torch.float32))
     assert float(_native(tiny)) > 1e-43
     with pytest.raises(ValueError, match="dtype"):
-        _C.row_abs_sum_cpu(x.data_ptr(), 7, 4, 9, 9, x.data_ptr(), 1)
+        _C.row_abs_sum_many([(x.data_ptr(), 7, 4, 9, 9, x.data_ptr())], 1)
 
 
 def test_l1_rows_uses_torch_where_the_kernel_does_not_apply():

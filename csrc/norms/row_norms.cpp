@@ -22,17 +22,6 @@ RowsFn rows_fn() {
 
 }  // namespace
 
-template <class T>
-void row_abs_sum_cpu(const T* x, int64_t rows, int64_t cols, int64_t row_stride, T* out,
-                     int threads) {
-  if (rows <= 0) return;
-  const RowAbsSumJob job{x, sizeof(T) == 4 ? 0 : 1, rows, cols, row_stride, out};
-  row_abs_sum_many(&job, 1, threads);
-}
-
-template void row_abs_sum_cpu<float>(const float*, int64_t, int64_t, int64_t, float*, int);
-template void row_abs_sum_cpu<double>(const double*, int64_t, int64_t, int64_t, double*, int);
-
 void row_abs_sum_many(const RowAbsSumJob* jobs, int64_t n, int threads) {
   if (n <= 0) return;
   const RowsFn fn = rows_fn();

@@ -4,13 +4,6 @@
 
 namespace pyprune {
 
-// out[r] = sum_c |x[r * row_stride + c]| for r < rows, c < cols (columns
-// contiguous), accumulated in double and rounded once to the input's type.
-// T is float or double.  Rows are split across up to `threads` threads.
-template <class T>
-void row_abs_sum_cpu(const T* x, int64_t rows, int64_t cols, int64_t row_stride, T* out,
-                     int threads);
-
 // One matrix of row_abs_sum_many: float32 (dtype 0) or float64 (dtype 1).
 struct RowAbsSumJob {
   const void* x = nullptr;
@@ -19,9 +12,11 @@ struct RowAbsSumJob {
   void* out = nullptr;
 };
 
-// row_abs_sum_cpu of many matrices in one call (a model's layers): the rows of
-// all jobs form one range split across up to `threads` threads once the total
-// is large enough to pay for waking them.
+// out[r] = sum_c |x[r * row_stride + c]| for r < rows, c < cols (columns
+// contiguous), accumulated in double and rounded once to the input's type, for
+// many matrices in one call (a model's layers): the rows of all jobs form one
+// range split across up to `threads` threads once the total is large enough to
+// pay for waking them.
 void row_abs_sum_many(const RowAbsSumJob* jobs, int64_t n, int threads);
 
 namespace detail {

@@ -10,11 +10,9 @@
 namespace pyprune {
 namespace {
 
-bool use_avx2() { return cpu_use_avx2(); }
-
 int64_t slot_doubles(int64_t rows, int64_t cols, DType dtype) {
 #if defined(PYPRUNE_HAVE_AVX2_TU)
-  if (use_avx2()) return detail::workspace_doubles_avx2(rows, cols, dtype);
+  if (cpu_use_avx2()) return detail::workspace_doubles_avx2(rows, cols, dtype);
 #endif
   return detail::workspace_doubles_generic(rows, cols, dtype);
 }
@@ -27,7 +25,7 @@ int64_t num_matrices(const RankJob& job) {
 
 }  // namespace
 
-const char* rank_cpu_isa() { return use_avx2() ? "avx2" : "generic"; }
+const char* rank_cpu_isa() { return cpu_use_avx2() ? "avx2" : "generic"; }
 
 int64_t rank_cpu_workspace_bytes(int64_t rows, int64_t cols, DType dtype, int threads) {
   // Round each slot up to 64 bytes so every slot stays aligned.
@@ -43,7 +41,7 @@ const char* rank_cpu(const RankJob& job, int threads, void* workspace) {
   // for a wake-up.
   const int64_t m = std::max(job.rows, job.cols), n = std::min(job.rows, job.cols);
   const int64_t grain = std::max<int64_t>(1, 20000 / std::max<int64_t>(1, n * n * m));
-  const bool avx2 = use_avx2();
+  const bool avx2 = cpu_use_avx2();
   parallel_for(groups, threads, grain, [&](int64_t g0, int64_t g1, int block) {
     double* ws = reinterpret_cast<double*>(static_cast<char*>(workspace) + slot_bytes * block);
 #if defined(PYPRUNE_HAVE_AVX2_TU)

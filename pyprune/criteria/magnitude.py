@@ -33,15 +33,15 @@ def _l1_rows(w: torch.Tensor) -> torch.Tensor:
     """Sum of ``|w|`` along each row of ``w`` ([out, k]).
 
     CPU float32/float64 with contiguous rows (what :func:`_out_major` gives there): one
-    native pass (``_C.row_abs_sum_cpu``: reads ``w`` once, accumulates in float64,
+    native pass (``_C.row_abs_sum_many``: reads ``w`` once, accumulates in float64,
     threads from :func:`pyprune.ops.get_num_threads`).  Otherwise ``w.abs().sum(1)``.
     """
     n, k = w.shape
     code = _NATIVE_DTYPES.get(w.dtype)
     if code is not None and w.device.type == "cpu" and (w.stride(1) == 1 or k <= 1) and n > 0:
         out = w.new_empty(n)
-        _C.row_abs_sum_cpu(w.data_ptr(), code, n, k, w.stride(0) if n > 1 else k,
-                           out.data_ptr(), get_num_threads())
+        _C.row_abs_sum_many([(w.data_ptr(), code, n, k, w.stride(0) if n > 1 else k,
+                              out.data_ptr())], get_num_threads())
         return out
     return w.abs().sum(1)
 
