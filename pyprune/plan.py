@@ -307,25 +307,20 @@ def _short(graph: DependencyGraph, idx: torch.Tensor, lens: List[int], mask: tor
     return np.flatnonzero(bad).tolist()
 
 
-def _repair_needed(graph: DependencyGraph, keep: Dict[int, torch.Tensor], cfg: PlanConfig) -> bool:
-    """Whether :func:`_repair` would change ``keep``."""
-    layouts, _, idx = _layouts(graph)
-    if not layouts:
-        return False
-    return bool(_short(graph, idx, [len(t) for t in layouts], _kept_mask(graph, keep), keep,
-                       cfg.min_channels))
-
-
 def _repair(graph: DependencyGraph, keep: Dict[int, torch.Tensor], flat: torch.Tensor,
             cfg: PlanConfig) -> None:
-    """Make every layer keep at least ``min_channels`` channels of each pruned group."""
-    maps = graph.channel_maps
-    if not maps:
+    """Make every layer keep at least ``min_channels`` channels of each pruned group
+    (one count over all member layouts finds the layers short of them: usually none)."""
+    layouts, _, idx = _layouts(graph)
+    if not layouts:
         return
+    lens = [len(t) for t in layouts]
     n_groups = len(graph.groups)
     mask = _kept_mask(graph, keep)
-    bad = _short(graph, torch.cat(maps), [m.numel() for m in maps], mask, keep,
-                 cfg.min_channels)
+    bad = _short(graph, idx, lens, mask, keep, cfg.min_channels)
+    if not bad:
+        return
+    maps = torch.split(idx, lens)
     changed = set()
     for k in bad:
         mid, gid = divmod(k, n_groups)
@@ -402,7 +397,7 @@ def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
     keep.update(_top_groups(graph, flat, top))
     if global_pool:
         keep.update(_global(graph, global_pool, flat, config))
-    if keep and _repair_needed(graph, keep, config):
+    if keep:
         _repair(graph, keep, flat, config)
     for gid in list(keep):
         if keep[gid].numel() >= graph.groups[gid].size:

@@ -186,10 +186,6 @@ class DependencyGraph:
             offset += size
         self.num_channels = offset
         self._flat = torch.from_numpy(flat)
-        self._index_cache: Dict[int, Tuple[Any, int]] = {}
-        self._map_ids: Dict[Tuple[int, ...], int] = {}
-        self._maps: List[torch.Tensor] = []
-        self._gid = torch.from_numpy(gid_of)
         self.channel_group = torch.from_numpy(np.repeat(np.arange(len(sizes), dtype=np.int64), sizes))
         gid_list = gid_of.tolist()
         # unprunable channels
@@ -218,7 +214,13 @@ class DependencyGraph:
             layout_of.append(lid)
         layouts = list(ids)
         cat, layout_groups = _groups_of_seqs(gid_of, layouts, len(sizes))
-        self._member_layouts = (layouts, layout_of, torch.from_numpy(flat[cat]))
+        layout_flat = torch.from_numpy(flat[cat])
+        self._member_layouts = (layouts, layout_of, layout_flat)
+        # map_id: the graph's members by identity (alive with the graph), others by channels
+        self._map_of_member = {id(m): lid for m, lid in zip(
+            itertools.chain(self.tensor_members, self.attr_members), layout_of)}
+        self._map_ids = ids
+        self._maps: List[torch.Tensor] = list(torch.split(layout_flat, [len(t) for t in layouts]))
         for m, lid in zip(self.tensor_members, layout_of):
             for g in layout_groups[lid]:
                 self.groups[g].members.append(m)
@@ -255,25 +257,20 @@ class DependencyGraph:
     def map_id(self, member: Union[TensorMember, AttrMember]) -> int:
         """Members with the same channel layout share one id (a conv's filters, its bias
         and the BatchNorm after it, say): index of :attr:`channel_maps`."""
-        key = id(member)
-        hit = self._index_cache.get(key)
-        if hit is None or hit[0] is not member:
+        mid = self._map_of_member.get(id(member))
+        if mid is None:  # not one of this graph's members: by its channels
             t = tuple(member.elems)
             mid = self._map_ids.get(t)
             if mid is None:
                 mid = self._map_ids[t] = len(self._maps)
                 self._maps.append(self._flat[torch.as_tensor(t, dtype=torch.int64)])
-            hit = (member, mid)
-            self._index_cache[key] = hit
-        return hit[1]
+        return mid
 
     @property
     def channel_maps(self) -> List[torch.Tensor]:
-        """Distinct channel layouts of all members: flat channel index per channel."""
-        for m in self.tensor_members:
-            self.map_id(m)
-        for a in self.attr_members:
-            self.map_id(a)
+        """Distinct channel layouts of the members (in order of first appearance, tensor
+        members then attribute members; then those of other members given to
+        :meth:`map_id`): flat channel index per channel (do not modify)."""
         return self._maps
 
     def out_index(self, module: str) -> torch.Tensor:
