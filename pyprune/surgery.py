@@ -170,11 +170,6 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
                 at += c
     n_tensor = len(graph.tensor_members)
 
-    modules = look.modules
-    paths = graph.__dict__.get("_pyprune_member_paths")  # (module, attr) of each tensor member
-    if paths is None:
-        paths = graph.__dict__["_pyprune_member_paths"] = [
-            m.name.rpartition(".")[::2] for m in graph.tensor_members]
     for i, m in enumerate(graph.tensor_members):
         lk = local_of[layout_of[i]]
         if lk is None:
@@ -183,16 +178,7 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
         if not local_list:
             raise ValueError(f"the plan removes every channel of {m.name} (dim {m.dim}); "
                              "keep at least one channel per layer (min_channels)")
-        # look.tensor(m.name), with its common cases inline
-        mod_name, attr = paths[i]
-        mod = modules.get(mod_name)
-        t = None
-        if mod is not None:
-            t = mod._parameters.get(attr)
-            if t is None:
-                t = mod._buffers.get(attr)
-        if t is None:
-            t = look.tensor(m.name)
+        t = look.tensor(m.name)
         shape, dim, block = t.shape, m.dim, m.block
         expect = len(m.elems) * block
         if len(shape) <= dim or shape[dim] != expect:
@@ -223,9 +209,7 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
         lk = local_of[layout_of[n_tensor + i]]
         if lk is None:
             continue
-        mod = modules.get(a.module)
-        if mod is None:
-            mod = look.module(a.module)
+        mod = look.module(a.module)
         old = getattr(mod, a.attr, None)
         if old != len(a.elems) * a.block:
             raise ValueError(f"{a.module}.{a.attr} is {old!r} but the graph expects "
