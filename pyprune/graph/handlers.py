@@ -243,13 +243,8 @@ def _norm(ctx: Context, node: Node, m: nn.Module) -> Result:
     if x.dim != 1:
         ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
         return None
-    params, buffers = m._parameters, m._buffers
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        # getattr(m, attr, None), reading the dicts it would end in first
-        t = params[attr] if attr in params else buffers[attr] if attr in buffers else \
-            getattr(m, attr, None)
-        if t is not None:
-            ctx.add_tensor(name, attr, 0, x.block, x.elems, "out")
+    for attr in ("weight", "bias", "running_mean", "running_var"):  # those it has
+        ctx.add_tensor(name, attr, 0, x.block, x.elems, "out")
     ctx.add_attr(name, "num_features", x.block, x.elems)
     return x
 
