@@ -446,7 +446,10 @@ class _Recorder(TorchFunctionMode):
 
     def _add(self, op: str, target: Any, args: tuple, kwargs: dict, base: str,
              value: Any) -> Node:
-        meta = {"tensor_meta": _describe_value(value)} if _has_tensor(value) else {}
+        if type(value) is torch.Tensor:  # the common case, without the generic walks
+            meta = {"tensor_meta": TensorShape(tuple(value.shape), value.dtype)}
+        else:
+            meta = {"tensor_meta": _describe_value(value)} if _has_tensor(value) else {}
         node = Node(op, target, args, kwargs, self._name(base), meta)
         self.nodes.append(node)
         return node
@@ -507,17 +510,19 @@ class _Recorder(TorchFunctionMode):
         def leaf_forward(*args: Any, **kwargs: Any) -> Any:
             if self.depth:
                 return forward(*args, **kwargs)
-            out = None
             if fast is not None and len(args) == 1 and not kwargs:
-                with _no_torch_function():
+                with _no_torch_function():  # (our own bookkeeping is not the model's)
                     out = fast(args[0])
-            if out is None:
-                self.depth = 1
-                try:
-                    out = forward(*args, **kwargs)
-                finally:
-                    self.depth = 0
-            with _no_torch_function():  # our own bookkeeping is not the model's
+                    if out is not None:
+                        self._bind(out, self._add("call_module", name, (self._arg(args[0]),), {},
+                                                  base, out))
+                        return out
+            self.depth = 1
+            try:
+                out = forward(*args, **kwargs)
+            finally:
+                self.depth = 0
+            with _no_torch_function():
                 node = self._add("call_module", name, self._args(args),
                                  self._kwargs(kwargs) if kwargs else {}, base, out)
                 self._bind(out, node)
