@@ -214,13 +214,9 @@ class DependencyGraph:
             layout_of.append(lid)
         layouts = list(ids)
         cat, layout_groups = _groups_of_seqs(gid_of, layouts, len(sizes))
-        layout_flat = torch.from_numpy(flat[cat])
-        self._member_layouts = (layouts, layout_of, layout_flat)
-        # map_id: the graph's members by identity (alive with the graph), others by channels
-        self._map_of_member = {id(m): lid for m, lid in zip(
-            itertools.chain(self.tensor_members, self.attr_members), layout_of)}
-        self._map_ids = ids
-        self._maps: List[torch.Tensor] = list(torch.split(layout_flat, [len(t) for t in layouts]))
+        self._member_layouts = (layouts, layout_of, torch.from_numpy(flat[cat]))
+        self._map_ids = ids  # layout -> map id (see _channel_maps)
+        self._maps: Optional[List[torch.Tensor]] = None
         for m, lid in zip(self.tensor_members, layout_of):
             for g in layout_groups[lid]:
                 self.groups[g].members.append(m)
@@ -252,18 +248,20 @@ class DependencyGraph:
 
     def member_index(self, member: Union[TensorMember, AttrMember]) -> torch.Tensor:
         """Flat channel index of each channel (block) of a member (cached; do not modify)."""
-        return self._maps[self.map_id(member)]
+        mid = self.map_id(member)
+        return self._channel_maps()[mid]
 
     def map_id(self, member: Union[TensorMember, AttrMember]) -> int:
         """Members with the same channel layout share one id (a conv's filters, its bias
         and the BatchNorm after it, say): index of :attr:`channel_maps`."""
+        maps = self._channel_maps()
         mid = self._map_of_member.get(id(member))
         if mid is None:  # not one of this graph's members: by its channels
             t = tuple(member.elems)
             mid = self._map_ids.get(t)
             if mid is None:
-                mid = self._map_ids[t] = len(self._maps)
-                self._maps.append(self._flat[torch.as_tensor(t, dtype=torch.int64)])
+                mid = self._map_ids[t] = len(maps)
+                maps.append(self._flat[torch.as_tensor(t, dtype=torch.int64)])
         return mid
 
     @property
@@ -271,6 +269,16 @@ class DependencyGraph:
         """Distinct channel layouts of the members (in order of first appearance, tensor
         members then attribute members; then those of other members given to
         :meth:`map_id`): flat channel index per channel (do not modify)."""
+        return self._channel_maps()
+
+    def _channel_maps(self) -> List[torch.Tensor]:
+        # views of the layouts' flat indices, made on first use (the build does not need
+        # them), with each member's map id by identity (members live as long as the graph)
+        if self._maps is None:
+            layouts, layout_of, flat = self._member_layouts
+            self._map_of_member = {id(m): lid for m, lid in zip(
+                itertools.chain(self.tensor_members, self.attr_members), layout_of)}
+            self._maps = list(torch.split(flat, [len(t) for t in layouts]))
         return self._maps
 
     def out_index(self, module: str) -> torch.Tensor:
