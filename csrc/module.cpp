@@ -590,6 +590,7 @@ PYBIND11_MODULE(_C, m) {
     d["cuda_runtime_version"] = cuda_runtime_version();
     d["cpu_isa"] = rank_cpu_isa();
     d["hardware_threads"] = hardware_threads();
+    d["thread_backend"] = std::string(thread_backend());
     return d;
   });
   m.def("cuda_device_count", &cuda_device_count);

@@ -20,7 +20,10 @@ def build_info() -> Dict[str, Any]:
     ``cuda_devices`` (devices the native CUDA runtime sees now), ``cpu_isa``
     (the CPU kernel variant, ``"avx2"`` or ``"generic"``), ``threads`` (the
     default size of the CPU pool, ``torch.get_num_threads()`` unless
-    overridden with :func:`pyprune.ops.set_num_threads`) and
+    overridden with :func:`pyprune.ops.set_num_threads`), ``thread_backend``
+    (where the CPU kernels run their blocks: the name of the OpenMP runtime
+    torch loaded, e.g. ``"libgomp.so.1"``, whose threads torch's own kernels
+    use, or ``"pyprune pool"`` without one and in a forked child) and
     ``hardware_threads``.
     """
     from .ops._common import get_num_threads

@@ -1,4 +1,9 @@
 """build_info() and the rule that the native module does not link libtorch."""
+import multiprocessing
+import os
+import sys
+
+import pytest
 import torch
 
 import pyprune
@@ -40,3 +45,38 @@ def test_public_names():
     for name in ("matrix_rank", "select_channels_", "select_channels", "set_num_threads", "get_num_threads"):
         assert name in pyprune.ops.__all__ and callable(getattr(pyprune.ops, name))
     assert "build_info" in pyprune.__all__
+
+
+def test_cpu_kernels_run_on_torchs_openmp_threads():
+    """With torch's OpenMP runtime loaded, the CPU kernels run their blocks on
+    its threads (not on a second pool competing with them for the cores)."""
+    backend = pyprune.build_info()["thread_backend"]
+    if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
+        assert backend in ("libgomp.so.1", "libomp.so", "libomp.so.5", "libiomp5.so")
+    else:
+        assert isinstance(backend, str) and backend
+
+
+def _rank_in_child(x, q):
+    q.put(pyprune.ops.matrix_rank(x, threads=2).tolist())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_parallel_kernels_work_in_a_forked_child():
+    """OpenMP's team threads do not survive a fork (a parallel region in the
+    child would hang): a forked child runs the kernels on pyprune's own pool."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, 16, generator=g) @ torch.randn(64, 16, 16, generator=g)  # 64 maps
+    x[::3, :, 5:] = 0
+    expect = pyprune.ops.matrix_rank(x, threads=2).tolist()  # the parent has run parallel regions
+    torch.randn(1000, 1000).exp().sum()
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_rank_in_child, args=(x, q))
+    p.start()
+    p.join(60)
+    alive = p.is_alive()
+    if alive:
+        p.kill()
+    assert not alive, "matrix_rank hung in a forked child"
+    assert p.exitcode == 0 and q.get(timeout=5) == expect

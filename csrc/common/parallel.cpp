@@ -1,5 +1,11 @@
 #include "common/parallel.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#include <pthread.h>
+#define PYPRUNE_HOST_OMP 1
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -105,6 +111,81 @@ class Pool {
   bool stop_ = false;
 };
 
+// The process's OpenMP runtime, when one is already loaded (torch loads its
+// libgomp before pyprune's module is used).  Its worker threads are the ones
+// torch's own kernels run on, and after each parallel region they keep
+// spinning for a few milliseconds: a second pool of ours would then share the
+// cores with them (on 2 cores a pyprune call right after a torch op ran its
+// second block at about half speed).  Running our blocks on those workers
+// instead lets them pick the work up at once.  GOMP_parallel is the entry
+// point GCC emits for `#pragma omp parallel` (libgomp since GCC 4.9; LLVM's
+// libomp and Intel's libiomp5 export it too); it is looked up, not linked, so
+// the module loads and works without any OpenMP runtime.
+//
+// A child process forked after the runtime has run a parallel region cannot
+// use it (libgomp's team threads do not exist there and the call would hang;
+// torch's own kernels hang there too), so after a fork the child goes back to
+// our pool, which runs every block on the calling thread when its workers are
+// gone.
+using GompParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+
+struct HostOmp {
+  GompParallelFn parallel = nullptr;
+  const char* library = nullptr;
+};
+
+std::atomic<bool> forked_child{false};
+
+#if defined(PYPRUNE_HOST_OMP)
+// Registered when the module is loaded, before any fork that matters.
+const int fork_handler = pthread_atfork(nullptr, nullptr, [] { forked_child.store(true); });
+#endif
+
+const HostOmp& host_omp() {
+  static const HostOmp found = [] {
+    HostOmp h;
+#if defined(PYPRUNE_HOST_OMP)
+    for (const char* name : {"libgomp.so.1", "libomp.so", "libomp.so.5", "libiomp5.so"}) {
+      void* lib = dlopen(name, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);  // only if already loaded
+      if (lib == nullptr) continue;
+      if (void* sym = dlsym(lib, "GOMP_parallel")) {
+        h.parallel = reinterpret_cast<GompParallelFn>(sym);
+        h.library = name;
+        return h;  // the handle stays open: the library stays loaded while we use it
+      }
+      dlclose(lib);
+    }
+#endif
+    return h;
+  }();
+  return found;
+}
+
+// The runtime parallel_for uses now (null: our pool).
+GompParallelFn omp_parallel() {
+  const HostOmp& omp = host_omp();
+  return forked_child.load(std::memory_order_relaxed) ? nullptr : omp.parallel;
+}
+
+// One call's blocks, claimed one at a time by whichever team thread is free
+// (a team smaller than asked for, e.g. inside another parallel region, still
+// runs every block).
+struct OmpCall {
+  const RangeFn* fn;
+  int64_t n;
+  int nblocks;
+  std::atomic<int> next{0};
+};
+
+void omp_team_body(void* arg) {
+  OmpCall& c = *static_cast<OmpCall*>(arg);
+  for (int b; (b = c.next.fetch_add(1, std::memory_order_relaxed)) < c.nblocks;) {
+    const int64_t begin = c.n * b / c.nblocks;
+    const int64_t end = c.n * (b + 1) / c.nblocks;
+    if (begin < end) (*c.fn)(begin, end, b);
+  }
+}
+
 Pool& pool() {
   static Pool* p = new Pool();  // leaked on purpose: no join at interpreter exit
   return *p;
@@ -119,7 +200,21 @@ void parallel_for(int64_t n, int threads, int64_t grain,
     fn(0, n, 0);
     return;
   }
+  if (const GompParallelFn parallel = omp_parallel()) {
+    const int64_t max_blocks = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
+    OmpCall call{&fn, n, static_cast<int>(std::min<int64_t>(threads, max_blocks))};
+    if (call.nblocks <= 1) {
+      fn(0, n, 0);
+      return;
+    }
+    parallel(&omp_team_body, &call, static_cast<unsigned>(call.nblocks), 0);
+    return;
+  }
   pool().run(n, threads, grain, fn);
+}
+
+const char* thread_backend() {
+  return omp_parallel() != nullptr ? host_omp().library : "pyprune pool";
 }
 
 int hardware_threads() {
