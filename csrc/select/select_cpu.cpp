@@ -4,7 +4,13 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "common/cpu.h"
 #include "common/parallel.h"
+#include "select/select_kernel.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>  // _mm_sfence (SSE, part of x86-64)
+#endif
 
 namespace pyprune {
 namespace {
@@ -52,8 +58,17 @@ struct Cursor {
 // are copied in order, a row of the innermost dimension at a time: stepping
 // the cursor per chunk costs more than a small chunk's copy (a Linear's
 // columns selected one float at a time).
+using Copy36Fn = char* (*)(char*, const char*, const int64_t*, int64_t, int64_t, int64_t, bool);
+
+Copy36Fn copy36_fn() {
+#if defined(PYPRUNE_HAVE_AVX2_TU)
+  if (cpu_use_avx2()) return detail::select_copy36_avx2;
+#endif
+  return nullptr;
+}
+
 template <int64_t N>
-void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1) {
+void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1, bool stream) {
   Cursor c{&job, {}, 0};
   c.seek(t0);
   const int64_t chunk = N > 0 ? N : job.chunk_bytes;
@@ -77,7 +92,10 @@ void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1) {
     const int64_t i0 = c.idx[last];
     const int64_t i1 = std::min(in.keep_len, i0 + (t1 - t));
     const char* row = src + c.src_off - c.kept(last, i0) * in.stride;
-    if (in.keep) {
+    static const Copy36Fn copy36 = N == 36 ? copy36_fn() : nullptr;
+    if (N == 36 && copy36 != nullptr && in.keep) {
+      dst = copy36(dst, row, in.keep, i0, i1, in.stride, stream);
+    } else if (in.keep) {
       for (int64_t i = i0; i < i1; ++i) copy(row + in.keep[i] * in.stride);
     } else {
       for (int64_t i = i0; i < i1; ++i) copy(row + i * in.stride);
@@ -93,40 +111,55 @@ void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1) {
 
 // Small chunks are the common case of conv weights selected along dim 1
 // (3x3 float32 = 36 bytes): a constant-size copy avoids a call per chunk.
-void copy_range(const SelectJob& job, int64_t t0, int64_t t1) {
+void copy_range(const SelectJob& job, int64_t t0, int64_t t1, bool stream) {
   if (t0 >= t1) return;
   switch (job.chunk_bytes) {
-    case 1: copy_range_impl<1>(job, t0, t1); break;
-    case 2: copy_range_impl<2>(job, t0, t1); break;
-    case 4: copy_range_impl<4>(job, t0, t1); break;
-    case 8: copy_range_impl<8>(job, t0, t1); break;
-    case 16: copy_range_impl<16>(job, t0, t1); break;
-    case 18: copy_range_impl<18>(job, t0, t1); break;   // 3x3 half
-    case 32: copy_range_impl<32>(job, t0, t1); break;
-    case 36: copy_range_impl<36>(job, t0, t1); break;   // 3x3 float
-    case 50: copy_range_impl<50>(job, t0, t1); break;   // 5x5 half
-    case 72: copy_range_impl<72>(job, t0, t1); break;   // 3x3 double
-    case 100: copy_range_impl<100>(job, t0, t1); break; // 5x5 float
-    case 196: copy_range_impl<196>(job, t0, t1); break; // 7x7 float
-    default: copy_range_impl<0>(job, t0, t1); break;
+    case 1: copy_range_impl<1>(job, t0, t1, stream); break;
+    case 2: copy_range_impl<2>(job, t0, t1, stream); break;
+    case 4: copy_range_impl<4>(job, t0, t1, stream); break;
+    case 8: copy_range_impl<8>(job, t0, t1, stream); break;
+    case 16: copy_range_impl<16>(job, t0, t1, stream); break;
+    case 18: copy_range_impl<18>(job, t0, t1, stream); break;   // 3x3 half
+    case 32: copy_range_impl<32>(job, t0, t1, stream); break;
+    case 36: copy_range_impl<36>(job, t0, t1, stream); break;   // 3x3 float
+    case 50: copy_range_impl<50>(job, t0, t1, stream); break;   // 5x5 half
+    case 72: copy_range_impl<72>(job, t0, t1, stream); break;   // 3x3 double
+    case 100: copy_range_impl<100>(job, t0, t1, stream); break; // 5x5 float
+    case 196: copy_range_impl<196>(job, t0, t1, stream); break; // 7x7 float
+    default: copy_range_impl<0>(job, t0, t1, stream); break;
   }
 }
 
 constexpr int64_t kParallelBytes = 1 << 20;  // below this a job runs on one thread
+// Jobs writing at least this much use streaming stores where a kernel has them
+// (select_copy36_avx2): the output would not stay in the caches anyway.
+constexpr int64_t kStreamBytes = 8 << 20;
 
-void run_parallel(const SelectJob& job, int64_t t0, int64_t t1, int threads) {
+// Orders the streaming stores of this thread before whatever follows (the
+// end of a wave, the end of the call).
+void stream_fence() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_sfence();
+#endif
+}
+
+void run_parallel(const SelectJob& job, int64_t t0, int64_t t1, int threads, bool stream) {
   const int64_t bytes = (t1 - t0) * job.chunk_bytes;
   const int use = bytes >= kParallelBytes ? threads : 1;
   const int64_t grain = std::max<int64_t>(1, (kParallelBytes / 4) / std::max<int64_t>(1, job.chunk_bytes));
-  parallel_for(t1 - t0, use, grain, [&](int64_t b, int64_t e, int) { copy_range(job, t0 + b, t0 + e); });
+  parallel_for(t1 - t0, use, grain, [&](int64_t b, int64_t e, int) {
+    copy_range(job, t0 + b, t0 + e, stream);
+    if (stream) stream_fence();
+  });
 }
 
 void run_job(const SelectJob& job, int threads) {
   if (job.dims.size() > 16) throw std::invalid_argument("select: more than 16 dimensions");
   const int64_t total = select_job_bytes(job) / std::max<int64_t>(1, job.chunk_bytes);
   if (total == 0 || job.chunk_bytes == 0) return;
+  const bool stream = select_job_bytes(job) >= kStreamBytes;
   if (job.dst != job.src) {
-    run_parallel(job, 0, total, threads);
+    run_parallel(job, 0, total, threads, stream);
     return;
   }
   // In place.  dst(t) = t * chunk and src(t) are both increasing and the gap
@@ -148,7 +181,7 @@ void run_job(const SelectJob& job, int threads) {
   while (ta < total) {
     c.seek(ta);
     const int64_t tb = std::min<int64_t>(total, c.src_off / chunk);
-    run_parallel(job, ta, tb, threads);
+    run_parallel(job, ta, tb, threads, stream);
     ta = tb;
   }
 }

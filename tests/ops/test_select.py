@@ -116,6 +116,69 @@ def test_large_tensor_parallel_waves():
         assert torch.equal(u, expect0)
 
 
+def _kept(n, ratio, g):
+    return torch.nonzero(torch.rand(n, generator=g) < ratio).reshape(-1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("offset", [0, 1, 5, 15, 16])
+def test_3x3_float32_kernels_any_alignment(threads, offset):
+    """3x3 float32 kernels (36-byte chunks) have a vector path on AVX2 CPUs
+    that writes 16 chunks (9 aligned lines) at a time: rows shorter and longer
+    than 16 kept kernels, outputs starting at every 4-byte alignment within a
+    line (storage offsets), in place and out of place."""
+    g = torch.Generator().manual_seed(offset)
+    for cin, ratio in ((7, 0.6), (40, 0.5), (100, 0.9), (67, 0.25)):
+        shape = (48, cin, 3, 3)
+        n = 48 * cin * 9
+        base = torch.randn(n + offset, generator=g)
+        k0, k1 = _kept(48, 0.7, g), _kept(cin, ratio, g)
+        for dims, keeps in (((0, 1), [k0, k1]), ((1,), [k1])):
+            w = base[offset:].view(shape)
+            expect = ref_select(w, {d: (k.tolist(), 1) for d, k in zip(dims, keeps)})
+            out = select_channels([(w, d) for d in dims], keeps, threads=threads)
+            assert torch.equal(out[0], expect)
+            w = base.clone()[offset:].view(shape)
+            ptr = w.data_ptr()
+            select_channels_([(w, d) for d in dims], keeps, threads=threads)
+            assert torch.equal(w, expect) and w.data_ptr() == ptr
+
+
+def test_36_byte_chunks_of_other_dtypes_and_odd_addresses():
+    """36-byte chunks that are not float32 3x3 kernels, at addresses that are
+    not 4-byte aligned (uint8 6x6 maps at an odd storage offset)."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(0, 255, (1 + 5 * 70 * 36,), dtype=torch.uint8, generator=g)
+    k0, k1 = _kept(5, 0.6, g), _kept(70, 0.5, g)
+    t = base[1:].view(5, 70, 6, 6)
+    expect = ref_select(t, {0: (k0.tolist(), 1), 1: (k1.tolist(), 1)})
+    select_channels_([(t, 0), (t, 1)], [k0, k1])
+    assert torch.equal(t, expect)
+    i = torch.arange(4 * 50 * 9, dtype=torch.int32).view(4, 50, 3, 3)  # int32 3x3: same 36-byte path
+    k = _kept(50, 0.5, g)
+    expect = i[:, k].clone()
+    select_channels_([(i, 1)], k)
+    assert torch.equal(i, expect)
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_large_3x3_weight_streaming_stores(in_place):
+    """Outputs of 8 MiB and more are written with streaming (non-temporal)
+    stores on AVX2 CPUs: the result must be the same, and visible right after
+    the call, from every thread's part."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(1024, 768, 3, 3, generator=g)
+    k0, k1 = _kept(1024, 0.8, g), _kept(768, 0.75, g)
+    expect = w[k0][:, k1].clone()
+    assert expect.numel() * 4 >= 8 << 20
+    if in_place:
+        select_channels_([(w, 0), (w, 1)], [k0, k1], threads=2)
+        assert torch.equal(w, expect)
+    else:
+        out = select_channels([(w, 0), (w, 1)], [k0, k1], threads=2)
+        assert torch.equal(out[0], expect)
+
+
 def test_identity_and_empty_keep():
     t = torch.randn(4, 5)
     before = t.clone()
