@@ -12,8 +12,9 @@ then the median of --runs runs after a warm-up:
 * index_select: the strongest out-of-place torch alternative per tensor (the
   faster of chained index_select and one advanced-indexing gather).
 * copy: dst.copy_(src) between preallocated buffers holding exactly the kept
-  bytes, tensor by tensor (the issue's yardstick), and as one flat buffer of
-  the same total size (the floor for moving those bytes).
+  bytes, tensor by tensor (the issue's yardstick; timed interleaved with
+  pyprune, run by run), and as one flat buffer of the same total size (the
+  floor for moving those bytes).
 
 Peak memory above the model itself is measured for each method in a fresh
 subprocess (VmHWM after /proc/self/clear_refs on the CPU, max_memory_allocated
@@ -27,8 +28,10 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from typing import Dict, List, Tuple
 
 import torch
@@ -208,11 +211,6 @@ def main(argv=None) -> int:
         gc.collect()
         state["work"] = [t.clone() for t in masters]
 
-    t_ours = median_time(lambda: run_pyprune(state["work"], sels), device=device, runs=args.runs, setup=fresh)
-    state.clear()
-    gc.collect()
-    t_isel = median_time(lambda: run_index_select(masters, sels), device=device, runs=args.runs)
-    t_gather = median_time(lambda: run_gather(masters, sels), device=device, runs=args.runs)
     src = [torch.empty(s, device=device).normal_() for s in shapes]
     dst = [torch.empty(s, device=device) for s in shapes]
 
@@ -220,8 +218,26 @@ def main(argv=None) -> int:
         for d, s in zip(dst, src):
             d.copy_(s)
 
-    t_copy = median_time(copy_all, device=device, runs=args.runs)
+    # pyprune and its yardstick interleaved, run by run, each after the same
+    # setup (a fresh clone of the model: the in-place call needs one, and for
+    # copy_ it leaves the caches and torch's threads in the same state), so
+    # that both see the same drift of this shared machine's memory speed.
+    times = {"pyprune": [], "copy": []}
+    for i in range(1 + args.runs):
+        for name, fn in (("pyprune", lambda: run_pyprune(state["work"], sels)), ("copy", copy_all)):
+            fresh()
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if i > 0:
+                times[name].append(time.perf_counter() - t0)
+    t_ours, t_copy = statistics.median(times["pyprune"]), statistics.median(times["copy"])
     del src, dst
+    state.clear()
+    gc.collect()
+    t_isel = median_time(lambda: run_index_select(masters, sels), device=device, runs=args.runs)
+    t_gather = median_time(lambda: run_gather(masters, sels), device=device, runs=args.runs)
     flat_src = torch.empty(kept_bytes // 4, device=device).normal_()
     flat_dst = torch.empty_like(flat_src)
     t_flat = median_time(lambda: flat_dst.copy_(flat_src), device=device, runs=args.runs)
