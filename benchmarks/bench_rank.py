@@ -12,8 +12,8 @@ skip); --relu uses ReLU'd maps as a network would produce.
 
 --json writes a list of records, one per shape/dtype, with keys shape, dtype,
 device, pyprune_s, torch_s, speedup, maps_per_s, torch_maps_per_s, gflops (the
-float64 GFLOP/s of the algorithm), machine, and on CUDA pyprune_cpu_s and
-torch_maps_timed.
+float64 GFLOP/s of the algorithm's work on full-rank maps, see algorithm_flops),
+machine, and on CUDA pyprune_cpu_s and torch_maps_timed.
 
 On CUDA, torch.linalg.matrix_rank batches only matrices up to 32x32 (cuSOLVER's
 batched Jacobi SVD); above that it runs one solver call per matrix, so its time
@@ -39,12 +39,17 @@ CIFAR = [(64, 64, 32, 32), (64, 128, 16, 16), (64, 256, 8, 8), (16, 64, 56, 56),
 IMAGENET = [(64, 256, 56, 56), (64, 64, 112, 112), (32, 512, 14, 14), (32, 2048, 7, 7)]
 
 
-def algorithm_flops(m: int, n: int, dtype: torch.dtype) -> float:
-    """Float64 flops of pyprune's algorithm for one m x n matrix (n <= m after transposing)."""
+def algorithm_flops(m: int, n: int, dtype: torch.dtype, full_rank_test: bool) -> float:
+    """Float64 flops of pyprune's algorithm for one full-rank m x n matrix (n <= m
+    after transposing).  With full_rank_test (the CPU kernel, float32/16 input)
+    a full-rank matrix costs the Gram matrix plus the shifted LDL^T test; else
+    the Gram matrix, the tridiagonal reduction and the Sturm counts."""
     m, n = max(m, n), min(m, n)
     sturm = (9 * 3 + 1) * n * 4  # quadrisection counts + final count, ~4 flops per step
     if dtype == torch.float64:
         return 4.0 * m * n * n - 4.0 / 3.0 * n ** 3 + 2 * sturm
+    if full_rank_test:
+        return float(n * (n + 1) * m) + n ** 3 / 3.0 + 2.0 * n * n
     return float(n * (n + 1) * m) + 4.0 / 3.0 * n ** 3 + sturm
 
 
@@ -102,7 +107,7 @@ def main(argv=None) -> int:
                              device=device, runs=args.runs, interleave=timing == "interleaved",
                              warmup=1 if timing == "interleaved" else 3)
             t_ours, t_torch = t["ours"], t["torch"] * (maps / torch_maps)
-            flops = maps * algorithm_flops(shape[-2], shape[-1], dtype)
+            flops = maps * algorithm_flops(shape[-2], shape[-1], dtype, full_rank_test=device == "cpu")
             rec = {"shape": list(shape), "dtype": dtype_name, "device": device, "pyprune_s": t_ours,
                    "torch_s": t_torch, "speedup": t_torch / t_ours, "maps_per_s": maps / t_ours,
                    "torch_maps_per_s": maps / t_torch, "gflops": flops / t_ours / 1e9,

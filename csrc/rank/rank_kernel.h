@@ -439,16 +439,61 @@ inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p, vd* v1,
   d[n - 1] = G[col_start(n - 1, n)];
 }
 
+// Full-rank test: true when every lane's G - tau I is positive definite, by
+// an LDL^T factorisation without pivoting (exactly Cholesky's pivots, no
+// square roots) of a copy C of packed G, stopping at the first column where a
+// lane's pivot is not positive.  It costs n^3/6 multiply-adds against the
+// tridiagonal reduction's 2n^3/3.  Cholesky is backward stable: success means
+// G - tau I + E is positive definite with ||E|| <= c n^2 eps ||G||, so
+// lambda_min(G) > tau - c n^2 eps ||G||, and the caller's tau includes that
+// margin.
+inline bool positive_definite_shifted(const vd* G, int64_t n, vd tau, vd* C) {
+  const int64_t packed = n * (n + 1) / 2;
+  for (int64_t i = 0; i < packed; ++i) C[i] = G[i];
+  for (int64_t j = 0; j < n; ++j) C[col_start(j, n)] -= tau;
+  const auto positive = [](vd x) {  // every lane > 0 (false for NaN)
+    const vd ok = x > splat(0.0);
+    return ok[0] && ok[1] && ok[2] && ok[3];
+  };
+  // Two pivots per pass: column j + 1 is updated by column j first, then the
+  // trailing columns by both at once (half the stores of one at a time, the
+  // bound of this loop).
+  int64_t j = 0;
+  for (; j + 1 < n; j += 2) {
+    vd* c0 = C + col_start(j, n);      // rows j..n-1 of column j
+    vd* c1 = C + col_start(j + 1, n);  // rows j+1..n-1 of column j+1
+    if (!positive(c0[0])) return false;
+    const vd r0 = splat(1.0) / c0[0];
+    const vd f10 = c0[1] * r0;  // l_{j+1,j}
+    for (int64_t i = 0; i < n - j - 1; ++i) c1[i] -= f10 * c0[i + 1];
+    if (!positive(c1[0])) return false;
+    const vd r1 = splat(1.0) / c1[0];
+    for (int64_t k = j + 2; k < n; ++k) {
+      const vd f0 = c0[k - j] * r0, f1 = c1[k - j - 1] * r1;
+      vd* ck = C + col_start(k, n);  // rows k..n-1 of column k
+      const vd* s0 = c0 + (k - j);
+      const vd* s1 = c1 + (k - j - 1);
+      const int64_t len = n - k;
+      for (int64_t i = 0; i < len; ++i) ck[i] -= f0 * s0[i] + f1 * s1[i];
+    }
+  }
+  return j == n || positive(C[col_start(j, n)]);
+}
+
 // Returns per-lane ranks; lanes whose input held NaN/Inf get -1.  For these
 // input types every squared entry is finite in float64, so the Gram diagonal
-// is finite exactly when the matrix is.
-inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol) {
+// is finite exactly when the matrix is.  With `try_full_rank` the group is
+// first tested for full rank (all lanes at once, see below); *full_rank
+// tells whether that settled it.
+inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol, bool try_full_rank,
+                     bool* full_rank) {
   vd* d = work;
   vd* e = d + n;
   vd* v = e + n;
   vd* p = v + n;
   vd* v1 = p + n;
   vd* p1 = v1 + n;
+  vd* C = p1 + n;  // packed copy for the full-rank test
   // Exact power-of-two scaling so the largest diagonal entry is in [0.5, 1).
   vd maxdiag = splat(0.0), check = splat(0.0);
   for (int64_t j = 0; j < n; ++j) {
@@ -460,6 +505,43 @@ inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol) {
   for (int l = 0; l < kLanes; ++l) s[l] = pow2_recip(maxdiag[l]);
   const int64_t packed = n * (n + 1) / 2;
   for (int64_t i = 0; i < packed; ++i) G[i] *= s;
+  *full_rank = false;
+  if (try_full_rank) {
+    // Full-rank matrices (the common case for dense feature maps) skip the
+    // tridiagonal reduction: the rank is n when lambda_min(G) > tol^2 for
+    // any lambda_max, which holds when G - tau I is positive definite for
+    // tau >= 1.02 tol^2(hi) + the factorisation's error margin, where hi >=
+    // lambda_max is the smaller of trace(G) and G's largest absolute row sum
+    // (both bound lambda_max of a positive semidefinite matrix).  Then every
+    // eigenvalue lies more than 1% above tol^2, where the contract asks for
+    // rank n; otherwise the full path below decides.
+    vd* rowsum = d;  // scratch until the full path needs it
+    vd trace = splat(0.0);
+    for (int64_t i = 0; i < n; ++i) rowsum[i] = splat(0.0);
+    for (int64_t j = 0; j < n; ++j) {
+      const vd* cj = G + col_start(j, n);
+      trace += cj[0];
+      vd colsum = vabs(cj[0]);
+      for (int64_t i = j + 1; i < n; ++i) {
+        const vd a = vabs(cj[i - j]);
+        colsum += a;
+        rowsum[i] += a;
+      }
+      rowsum[j] += colsum;
+    }
+    vd maxrow = splat(0.0);
+    for (int64_t i = 0; i < n; ++i) maxrow = vmax(maxrow, rowsum[i]);
+    const double nn = static_cast<double>(n);
+    // Sums rounded to nearest are within a factor (1 + n eps) of the exact ones.
+    const vd hi = (maxrow < trace ? maxrow : trace) * (1.0 + 4.0 * nn * DBL_EPSILON);
+    const vd thr = vmax(splat(atol * atol) * s, splat(rtol * rtol) * hi);
+    const vd tau = 1.02 * thr + splat(8.0 * (nn * nn + nn) * DBL_EPSILON) * trace;
+    if (positive_definite_shifted(G, n, tau, C)) {
+      *full_rank = true;
+      const vd rank = splat(nn);
+      return check == splat(0.0) ? rank : splat(-1.0);
+    }
+  }
   tridiagonalize(G, n, d, e, v, p, v1, p1);
   vd* e2 = v;  // v is free now
   vd maxd = splat(0.0), hi = splat(0.0), maxe2 = splat(0.0);
@@ -571,7 +653,7 @@ inline int64_t workspace_doubles(int64_t rows, int64_t cols, DType dtype) {
   if (dtype == DType::kFloat64) {
     vecs = m * n + 3 * n + m + 4 * n + 8;
   } else {
-    vecs = m * gram_ld(n) + n * (n + 1) / 2 + 6 * n + 8;
+    vecs = m * gram_ld(n) + n * (n + 1) + 6 * n + 8;  // X, G and its copy, vectors
   }
   return vecs * kLanes + 8;  // + slack for alignment
 }
@@ -588,6 +670,9 @@ void rank_range_typed(const RankJob& job, int64_t g0, int64_t g1, double* ws_raw
   vd* X = ws;
   vd* G = X + (f64 ? m * n : m * ld);
   vd* work = f64 ? G : G + n * (n + 1) / 2;
+  // The full-rank test pays for itself only when it usually succeeds: a
+  // range whose groups keep failing it (rank-deficient maps) stops trying.
+  int64_t full_ok = 0, full_failed = 0;
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t b0 = g * kLanes;
     const int nl = static_cast<int>(std::min<int64_t>(kLanes, nmat - b0));
@@ -600,7 +685,10 @@ void rank_range_typed(const RankJob& job, int64_t g0, int64_t g1, double* ws_raw
     } else {
       load_group<T>(job, v, offs, nl, /*row_major=*/true, ld, X);
       if (n >= kTile3x4MinN) gram_tiled<3>(X, m, n, ld, G); else gram_tiled<2>(X, m, n, ld, G);
-      ranks = gram_ranks(G, n, work, job.atol, job.rtol);
+      const bool try_full = full_failed <= full_ok + 8;
+      bool full = false;
+      ranks = gram_ranks(G, n, work, job.atol, job.rtol, try_full, &full);
+      if (try_full) ++(full ? full_ok : full_failed);
     }
     for (int l = 0; l < nl; ++l) job.out[b0 + l] = static_cast<int64_t>(ranks[l]);
   }

@@ -204,6 +204,49 @@ def test_tolerance_rule_matches_torch(dtype, atol, rtol):
         assert torch.equal(got, torch.linalg.matrix_rank(x, **kw))
 
 
+def _smallest_at(batch, n, ratio, tol, gen):
+    """n x n float64 matrices with sigma_max = 1 and sigma_min = ratio * tol."""
+    u = torch.linalg.qr(torch.randn(batch, n, n, dtype=torch.float64, generator=gen))[0]
+    v = torch.linalg.qr(torch.randn(batch, n, n, dtype=torch.float64, generator=gen))[0]
+    s = torch.rand(batch, n, dtype=torch.float64, generator=gen) * 0.5 + 0.25
+    s[:, 0], s[:, -1] = 1.0, ratio * tol
+    return (u * s[:, None, :]) @ v.transpose(-1, -2)
+
+
+@pytest.mark.parametrize("n", [3, 8, 32, 57])
+def test_full_rank_shortcut_at_the_threshold(n):
+    """The CPU kernel settles full-rank groups of matrices without reducing
+    them to tridiagonal form (a shifted Cholesky test).  Smallest singular
+    values 3% above tol must give rank n, 3% below must give n - 1, and
+    neither may be decided by the shortcut wrongly; all-full-rank and mixed
+    groups of four, float32 input (values exact in float32 up to 1e-7, far
+    inside the 3%)."""
+    gen = torch.Generator().manual_seed(n)
+    tol = 1e-2
+    above = _smallest_at(8, n, 1.03, tol, gen)
+    below = _smallest_at(8, n, 0.97, tol, gen)
+    x = torch.cat([above, below, above[:2], below[:2], above[2:4]]).to(torch.float32)
+    expect = torch.tensor([n] * 8 + [n - 1] * 8 + [n] * 2 + [n - 1] * 2 + [n] * 2)
+    assert torch.equal(reference(x, rtol=tol)[0], expect)
+    for threads in (1, 2):
+        assert torch.equal(matrix_rank(x, rtol=tol, threads=threads), expect)
+        assert torch.equal(matrix_rank(x, atol=tol, threads=threads), expect)  # sigma_max = 1
+
+
+def test_long_batches_of_full_rank_and_deficient_matrices():
+    """A run of groups that fail the full-rank test makes the kernel stop
+    trying it for the rest of its range: results must not depend on where
+    the full-rank and rank-deficient runs fall."""
+    gen = torch.Generator().manual_seed(7)
+    full = torch.randn(160, 24, 24, generator=gen)
+    low = torch.randn(160, 24, 6, generator=gen) @ torch.randn(160, 6, 24, generator=gen)
+    for x in (torch.cat([full, low, full]), torch.cat([low, full, low]), torch.stack([full, low], 1).reshape(-1, 24, 24)):
+        ref, ok = reference(x)
+        assert ok.all()
+        for threads in (1, 2):
+            assert torch.equal(matrix_rank(x, threads=threads), ref)
+
+
 def test_threads_do_not_change_results():
     x = torch.randn(37, 20, 17)
     x[::3, :, 9:] = 0
