@@ -80,3 +80,34 @@ def test_parallel_kernels_work_in_a_forked_child():
         p.kill()
     assert not alive, "matrix_rank hung in a forked child"
     assert p.exitcode == 0 and q.get(timeout=5) == expect
+
+
+def test_concurrent_calls_from_python_threads():
+    """Calls from several Python threads at once (each its own OpenMP team,
+    or queued on the pool) give the same results as one at a time."""
+    import threading
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(128, 24, 24, generator=g)
+    x[::5, :, 7:] = 0
+    ref = pyprune.ops.matrix_rank(x, threads=2)
+    w0 = torch.randn(256, 200, 3, 3, generator=g)
+    k0, k1 = torch.arange(0, 256, 3), torch.arange(1, 200, 2)
+    wref = w0[k0][:, k1].clone()
+    bad = []
+
+    def work():
+        for _ in range(10):
+            if not torch.equal(pyprune.ops.matrix_rank(x, threads=2), ref):
+                bad.append("matrix_rank")
+            w = w0.clone()
+            pyprune.ops.select_channels_([(w, 0), (w, 1)], [k0, k1], threads=2)
+            if not torch.equal(w, wref):
+                bad.append("select_channels_")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, bad
