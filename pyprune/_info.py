@@ -23,7 +23,8 @@ def build_info() -> Dict[str, Any]:
     overridden with :func:`pyprune.ops.set_num_threads`), ``thread_backend``
     (where the CPU kernels run their blocks: the name of the OpenMP runtime
     torch loaded, e.g. ``"libgomp.so.1"``, whose threads torch's own kernels
-    use, or ``"pyprune pool"`` without one and in a forked child) and
+    use, or ``"pyprune pool"`` without one, in a forked child, or with
+    ``PYPRUNE_THREAD_BACKEND=pool`` in the environment) and
     ``hardware_threads``.
     """
     from .ops._common import get_num_threads

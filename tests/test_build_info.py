@@ -111,3 +111,30 @@ def test_concurrent_calls_from_python_threads():
     for t in threads:
         t.join()
     assert not bad, bad
+
+
+def test_thread_backend_can_be_forced_to_the_own_pool():
+    """PYPRUNE_THREAD_BACKEND=pool keeps the kernels off the OpenMP runtime;
+    the results are the same."""
+    import json
+    import subprocess
+
+    code = (
+        "import json, torch, pyprune\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(64, 20, 20, generator=g); x[::4, :, 3:] = 0\n"
+        "w = torch.randn(300, 200, 3, 3, generator=g)\n"
+        "k0, k1 = torch.arange(0, 300, 2), torch.arange(0, 200, 3)\n"
+        "ref = w[k0][:, k1].clone()\n"
+        "pyprune.ops.select_channels_([(w, 0), (w, 1)], [k0, k1], threads=2)\n"
+        "print(json.dumps([pyprune.build_info()['thread_backend'], torch.equal(w, ref),\n"
+        "                  pyprune.ops.matrix_rank(x, threads=2).tolist()]))\n"
+    )
+    env = dict(os.environ, PYPRUNE_THREAD_BACKEND="pool")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    backend, same, ranks = json.loads(out.stdout.strip().splitlines()[-1])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 20, 20, generator=g)
+    x[::4, :, 3:] = 0
+    assert backend == "pyprune pool" and same
+    assert ranks == pyprune.ops.matrix_rank(x, threads=2).tolist()
