@@ -52,12 +52,7 @@ struct Cursor {
   }
 };
 
-// Copies chunks [t0, t1) of a job with chunk size N known at compile time
-// (N > 0) or at run time (N == 0).  The caller guarantees that no destination
-// in the range overlaps a source in the range (or one not yet read).  Chunks
-// are copied in order, a row of the innermost dimension at a time: stepping
-// the cursor per chunk costs more than a small chunk's copy (a Linear's
-// columns selected one float at a time).
+// The AVX2 kernel for 36-byte chunks (3x3 float32 kernels), when this CPU has AVX2.
 using Copy36Fn = char* (*)(char*, const char*, const int64_t*, int64_t, int64_t, int64_t, bool);
 
 Copy36Fn copy36_fn() {
@@ -67,11 +62,19 @@ Copy36Fn copy36_fn() {
   return nullptr;
 }
 
+// Copies chunks [t0, t1) of a job with chunk size N known at compile time
+// (N > 0) or at run time (N == 0).  The caller guarantees that no destination
+// in the range overlaps a source in the range (or one not yet read).  Chunks
+// are copied in order, a row of the innermost dimension at a time: stepping
+// the cursor per chunk costs more than a small chunk's copy (a Linear's
+// columns selected one float at a time).  `stream` lets the 36-byte kernel
+// write with streaming stores (the caller fences after the range).
 template <int64_t N>
 void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1, bool stream) {
   Cursor c{&job, {}, 0};
   c.seek(t0);
   const int64_t chunk = N > 0 ? N : job.chunk_bytes;
+  static const Copy36Fn copy36 = N == 36 ? copy36_fn() : nullptr;
   char* dst = job.dst + t0 * chunk;
   const char* src = job.src;
   auto copy = [&](const char* s) {
@@ -92,7 +95,6 @@ void copy_range_impl(const SelectJob& job, int64_t t0, int64_t t1, bool stream) 
     const int64_t i0 = c.idx[last];
     const int64_t i1 = std::min(in.keep_len, i0 + (t1 - t));
     const char* row = src + c.src_off - c.kept(last, i0) * in.stride;
-    static const Copy36Fn copy36 = N == 36 ? copy36_fn() : nullptr;
     if (N == 36 && copy36 != nullptr && in.keep) {
       dst = copy36(dst, row, in.keep, i0, i1, in.stride, stream);
     } else if (in.keep) {
