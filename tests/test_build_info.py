@@ -113,7 +113,7 @@ def test_concurrent_calls_from_python_threads():
     assert not bad, bad
 
 
-def test_thread_backend_can_be_forced_to_the_own_pool():
+def test_thread_backend_can_be_forced_to_the_own_pool(tmp_path):
     """PYPRUNE_THREAD_BACKEND=pool keeps the kernels off the OpenMP runtime;
     the results are the same."""
     import json
@@ -131,7 +131,9 @@ def test_thread_backend_can_be_forced_to_the_own_pool():
         "                  pyprune.ops.matrix_rank(x, threads=2).tolist()]))\n"
     )
     env = dict(os.environ, PYPRUNE_THREAD_BACKEND="pool")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # (run outside the checkout, so that the child imports the installed package)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     backend, same, ranks = json.loads(out.stdout.strip().splitlines()[-1])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 20, 20, generator=g)
