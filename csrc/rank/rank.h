@@ -12,11 +12,12 @@
 //    accumulated in float64 (products of such values are exact in float64),
 //    Householder reduction to tridiagonal form, Sturm-sequence counts.
 //    Rounding errors are ~1e-16 * sigma_max^2, far below tol^2 >=
-//    (eps32 * sigma_max)^2 ~ 1.4e-14 * sigma_max^2.  On the CPU a group of
-//    full-rank matrices skips the reduction: an LDL^T (Cholesky) test of
-//    G - tau I with tau >= 1.02 tol^2 plus the test's own error bound proves
-//    every eigenvalue lies more than 1% above tol^2 (then the rank is n);
-//    when it fails the full path decides.
+//    (eps32 * sigma_max)^2 ~ 1.4e-14 * sigma_max^2.  On the CPU, matrices
+//    are settled before the reduction where possible: all-zero ones (rank
+//    0), and full-rank ones by an LDL^T (Cholesky) test of G - tau I with
+//    tau >= 1.02 tol^2 plus the test's own error bound, which proves every
+//    eigenvalue lies more than 1% above tol^2 (rank n).  The rest are
+//    regrouped four at a time for the full path.
 //  * float64 input: Householder bidiagonalisation (Golub-Kahan), then Sturm
 //    counts on the 2n x 2n Golub-Kahan tridiagonal matrix, whose eigenvalues
 //    are +-sigma_i: this stays in the linear domain, as a float64 tol needs.

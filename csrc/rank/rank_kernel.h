@@ -439,35 +439,38 @@ inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p, vd* v1,
   d[n - 1] = G[col_start(n - 1, n)];
 }
 
-// Full-rank test: true when every lane's G - tau I is positive definite, by
-// an LDL^T factorisation without pivoting (exactly Cholesky's pivots, no
-// square roots) of a copy C of packed G, stopping at the first column where a
-// lane's pivot is not positive.  It costs n^3/6 multiply-adds against the
-// tridiagonal reduction's 2n^3/3.  Cholesky is backward stable: success means
-// G - tau I + E is positive definite with ||E|| <= c n^2 eps ||G||, so
-// lambda_min(G) > tau - c n^2 eps ||G||, and the caller's tau includes that
-// margin.
-inline bool positive_definite_shifted(const vd* G, int64_t n, vd tau, vd* C) {
+// Per lane, 1.0 where G - tau I is positive definite, else 0.0, by an LDL^T
+// factorisation without pivoting (exactly Cholesky's pivots, no square
+// roots) of a copy C of packed G.  Only lanes set in `candidate` (1.0) are
+// tested; a lane whose pivot is not positive drops out (its pivot is replaced
+// by 1 so the other lanes go on), and the factorisation stops once no lane is
+// left.  It costs n^3/6 multiply-adds against the tridiagonal reduction's
+// 2n^3/3.  Cholesky is backward stable: success means G - tau I + E is
+// positive definite with ||E|| <= c n^2 eps ||G||, so lambda_min(G) > tau -
+// c n^2 eps ||G||, and the caller's tau includes that margin.
+inline vd positive_definite_shifted(const vd* G, int64_t n, vd tau, vd candidate, vd* C) {
   const int64_t packed = n * (n + 1) / 2;
   for (int64_t i = 0; i < packed; ++i) C[i] = G[i];
   for (int64_t j = 0; j < n; ++j) C[col_start(j, n)] -= tau;
-  const auto positive = [](vd x) {  // every lane > 0 (false for NaN)
-    const vd ok = x > splat(0.0);
-    return ok[0] && ok[1] && ok[2] && ok[3];
+  vd ok = candidate;
+  // Keeps the lanes whose pivot x is positive (false for NaN); returns the
+  // pivot to divide by (1 in lanes that dropped out).
+  const auto pivot = [&ok](vd x) {
+    ok = x > splat(0.0) ? ok : splat(0.0);
+    return x > splat(0.0) ? x : splat(1.0);
   };
+  const auto any = [](vd x) { return x[0] != 0.0 || x[1] != 0.0 || x[2] != 0.0 || x[3] != 0.0; };
   // Two pivots per pass: column j + 1 is updated by column j first, then the
   // trailing columns by both at once (half the stores of one at a time, the
   // bound of this loop).
   int64_t j = 0;
-  for (; j + 1 < n; j += 2) {
+  for (; j + 1 < n && any(ok); j += 2) {
     vd* c0 = C + col_start(j, n);      // rows j..n-1 of column j
     vd* c1 = C + col_start(j + 1, n);  // rows j+1..n-1 of column j+1
-    if (!positive(c0[0])) return false;
-    const vd r0 = splat(1.0) / c0[0];
+    const vd r0 = splat(1.0) / pivot(c0[0]);
     const vd f10 = c0[1] * r0;  // l_{j+1,j}
     for (int64_t i = 0; i < n - j - 1; ++i) c1[i] -= f10 * c0[i + 1];
-    if (!positive(c1[0])) return false;
-    const vd r1 = splat(1.0) / c1[0];
+    const vd r1 = splat(1.0) / pivot(c1[0]);
     for (int64_t k = j + 2; k < n; ++k) {
       const vd f0 = c0[k - j] * r0, f1 = c1[k - j - 1] * r1;
       vd* ck = C + col_start(k, n);  // rows k..n-1 of column k
@@ -477,71 +480,74 @@ inline bool positive_definite_shifted(const vd* G, int64_t n, vd tau, vd* C) {
       for (int64_t i = 0; i < len; ++i) ck[i] -= f0 * s0[i] + f1 * s1[i];
     }
   }
-  return j == n || positive(C[col_start(j, n)]);
+  if (j + 1 == n) pivot(C[col_start(j, n)]);
+  return ok;
 }
 
-// Returns per-lane ranks; lanes whose input held NaN/Inf get -1.  For these
-// input types every squared entry is finite in float64, so the Gram diagonal
-// is finite exactly when the matrix is.  With `try_full_rank` the group is
-// first tested for full rank (all lanes at once, see below); *full_rank
-// tells whether that settled it.
-inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol, bool try_full_rank,
-                     bool* full_rank) {
+// Exact power-of-two scaling of packed G so each lane's largest diagonal
+// entry is in [0.5, 1).  Returns the scale; *check is NaN in lanes whose
+// diagonal holds NaN or Inf (for float32/16 input every squared entry is
+// finite in float64, so that is exactly when the matrix does), *zero is 1.0
+// in lanes whose matrix is all zeros (its diagonal sums squares).
+inline vd scale_gram(vd* G, int64_t n, vd* check, vd* zero) {
+  vd maxdiag = splat(0.0), c = splat(0.0);
+  for (int64_t j = 0; j < n; ++j) {
+    const vd g = G[col_start(j, n)];
+    maxdiag = vmax(maxdiag, g);
+    c += g - g;  // NaN iff some diagonal entry is NaN or Inf
+  }
+  vd s;
+  for (int l = 0; l < kLanes; ++l) s[l] = pow2_recip(maxdiag[l]);
+  const int64_t packed = n * (n + 1) / 2;
+  for (int64_t i = 0; i < packed; ++i) G[i] *= s;
+  *check = c;
+  *zero = maxdiag == splat(0.0) ? splat(1.0) : splat(0.0);
+  return s;
+}
+
+// Full-rank test of scaled G: 1.0 in `candidate` lanes where the rank is n for
+// certain.  The rank is n when lambda_min(G) > tol^2 for the matrix's
+// lambda_max, which holds when G - tau I is positive definite for tau >= 1.02
+// tol^2(hi) + the factorisation's error margin, where hi >= lambda_max is the
+// smaller of trace(G) and G's largest absolute row sum (both bound lambda_max
+// of a positive semidefinite matrix).  Then every eigenvalue lies more than
+// 1% above tol^2, where the contract asks for rank n.  `rowsum` is n vectors
+// of scratch, C a packed copy.
+inline vd full_rank_lanes(const vd* G, int64_t n, vd s, vd candidate, double atol, double rtol, vd* rowsum,
+                          vd* C) {
+  vd trace = splat(0.0);
+  for (int64_t i = 0; i < n; ++i) rowsum[i] = splat(0.0);
+  for (int64_t j = 0; j < n; ++j) {
+    const vd* cj = G + col_start(j, n);
+    trace += cj[0];
+    vd colsum = vabs(cj[0]);
+    for (int64_t i = j + 1; i < n; ++i) {
+      const vd a = vabs(cj[i - j]);
+      colsum += a;
+      rowsum[i] += a;
+    }
+    rowsum[j] += colsum;
+  }
+  vd maxrow = splat(0.0);
+  for (int64_t i = 0; i < n; ++i) maxrow = vmax(maxrow, rowsum[i]);
+  const double nn = static_cast<double>(n);
+  // Sums rounded to nearest are within a factor (1 + n eps) of the exact ones.
+  const vd hi = (maxrow < trace ? maxrow : trace) * (1.0 + 4.0 * nn * DBL_EPSILON);
+  const vd thr = vmax(splat(atol * atol) * s, splat(rtol * rtol) * hi);
+  const vd tau = 1.02 * thr + splat(8.0 * (nn * nn + nn) * DBL_EPSILON) * trace;
+  return positive_definite_shifted(G, n, tau, candidate, C);
+}
+
+// Ranks of scaled G (destroyed) by the tridiagonal reduction and Sturm
+// counts; lanes whose input held NaN/Inf (check) get -1.  `work` holds 6n
+// vectors.
+inline vd gram_ranks_full(vd* G, int64_t n, vd s, vd check, vd* work, double atol, double rtol) {
   vd* d = work;
   vd* e = d + n;
   vd* v = e + n;
   vd* p = v + n;
   vd* v1 = p + n;
   vd* p1 = v1 + n;
-  vd* C = p1 + n;  // packed copy for the full-rank test
-  // Exact power-of-two scaling so the largest diagonal entry is in [0.5, 1).
-  vd maxdiag = splat(0.0), check = splat(0.0);
-  for (int64_t j = 0; j < n; ++j) {
-    const vd g = G[col_start(j, n)];
-    maxdiag = vmax(maxdiag, g);
-    check += g - g;  // NaN iff some diagonal entry is NaN or Inf
-  }
-  vd s;
-  for (int l = 0; l < kLanes; ++l) s[l] = pow2_recip(maxdiag[l]);
-  const int64_t packed = n * (n + 1) / 2;
-  for (int64_t i = 0; i < packed; ++i) G[i] *= s;
-  *full_rank = false;
-  if (try_full_rank) {
-    // Full-rank matrices (the common case for dense feature maps) skip the
-    // tridiagonal reduction: the rank is n when lambda_min(G) > tol^2 for
-    // any lambda_max, which holds when G - tau I is positive definite for
-    // tau >= 1.02 tol^2(hi) + the factorisation's error margin, where hi >=
-    // lambda_max is the smaller of trace(G) and G's largest absolute row sum
-    // (both bound lambda_max of a positive semidefinite matrix).  Then every
-    // eigenvalue lies more than 1% above tol^2, where the contract asks for
-    // rank n; otherwise the full path below decides.
-    vd* rowsum = d;  // scratch until the full path needs it
-    vd trace = splat(0.0);
-    for (int64_t i = 0; i < n; ++i) rowsum[i] = splat(0.0);
-    for (int64_t j = 0; j < n; ++j) {
-      const vd* cj = G + col_start(j, n);
-      trace += cj[0];
-      vd colsum = vabs(cj[0]);
-      for (int64_t i = j + 1; i < n; ++i) {
-        const vd a = vabs(cj[i - j]);
-        colsum += a;
-        rowsum[i] += a;
-      }
-      rowsum[j] += colsum;
-    }
-    vd maxrow = splat(0.0);
-    for (int64_t i = 0; i < n; ++i) maxrow = vmax(maxrow, rowsum[i]);
-    const double nn = static_cast<double>(n);
-    // Sums rounded to nearest are within a factor (1 + n eps) of the exact ones.
-    const vd hi = (maxrow < trace ? maxrow : trace) * (1.0 + 4.0 * nn * DBL_EPSILON);
-    const vd thr = vmax(splat(atol * atol) * s, splat(rtol * rtol) * hi);
-    const vd tau = 1.02 * thr + splat(8.0 * (nn * nn + nn) * DBL_EPSILON) * trace;
-    if (positive_definite_shifted(G, n, tau, C)) {
-      *full_rank = true;
-      const vd rank = splat(nn);
-      return check == splat(0.0) ? rank : splat(-1.0);
-    }
-  }
   tridiagonalize(G, n, d, e, v, p, v1, p1);
   vd* e2 = v;  // v is free now
   vd maxd = splat(0.0), hi = splat(0.0), maxe2 = splat(0.0);
@@ -563,6 +569,86 @@ inline vd gram_ranks(vd* G, int64_t n, vd* work, double atol, double rtol, bool 
   const vd rank = splat(static_cast<double>(n)) - count_at_threshold(d, e2, n, lo, hi, pivmin, kBisectIters, thr);
   return check == splat(0.0) ? rank : splat(-1.0);
 }
+
+// The Gram path of one thread's range of groups.  Each group's matrices are
+// settled early where possible (all-zero matrices: rank 0; the full-rank
+// test above: rank n); the others take the full path, but not in their own
+// group: they wait in a pending group of four collected across groups (each
+// lane's arithmetic is independent of the other lanes, so the result does
+// not depend on the company), and a group where nothing was settled runs
+// the full path in place.  The full-rank test is skipped once it has failed
+// in 32 more matrices than it settled (rank-deficient maps).
+struct GramRange {
+  const RankJob& job;
+  int64_t n;
+  vd* work;      // 6n vectors
+  vd* C;         // packed scratch for the full-rank test
+  vd* P;         // packed pending group
+  vd ps = splat(1.0), pcheck = splat(0.0);
+  int64_t pout[kLanes] = {};
+  int pending = 0;
+  int64_t tested_ok = 0, tested_failed = 0;
+
+  void flush() {
+    if (pending == 0) return;
+    const int64_t packed = n * (n + 1) / 2;
+    for (int l = pending; l < kLanes; ++l) {  // idle lanes: zero matrices, result unused
+      for (int64_t i = 0; i < packed; ++i) P[i][l] = 0.0;
+      ps[l] = 1.0;
+      pcheck[l] = 0.0;
+    }
+    const vd r = gram_ranks_full(P, n, ps, pcheck, work, job.atol, job.rtol);
+    for (int l = 0; l < pending; ++l) job.out[pout[l]] = static_cast<int64_t>(r[l]);
+    pending = 0;
+  }
+
+  // G: the group's packed Gram matrices, nl lanes used, outputs from b0.
+  void group(vd* G, int nl, int64_t b0) {
+    vd check, zero;
+    const vd s = scale_gram(G, n, &check, &zero);
+    vd done = splat(0.0), rank = splat(0.0);
+    vd candidate;
+    for (int l = 0; l < kLanes; ++l) {
+      const bool used = l < nl;
+      if (used && zero[l] != 0.0 && check[l] == 0.0) done[l] = 1.0;  // rank 0
+      candidate[l] = used && done[l] == 0.0 && check[l] == 0.0 ? 1.0 : 0.0;
+    }
+    const bool any_candidate = candidate[0] + candidate[1] + candidate[2] + candidate[3] > 0.0;
+    if (any_candidate && tested_failed <= tested_ok + 32) {
+      const vd full = full_rank_lanes(G, n, s, candidate, job.atol, job.rtol, work, C);
+      for (int l = 0; l < kLanes; ++l) {
+        if (candidate[l] == 0.0) continue;
+        if (full[l] != 0.0) {
+          done[l] = 1.0;
+          rank[l] = static_cast<double>(n);
+          ++tested_ok;
+        } else {
+          ++tested_failed;
+        }
+      }
+    }
+    int settled = 0;
+    for (int l = 0; l < nl; ++l) settled += done[l] != 0.0;
+    if (settled == 0) {  // nothing to take out: the full path on the group itself
+      const vd r = gram_ranks_full(G, n, s, check, work, job.atol, job.rtol);
+      for (int l = 0; l < nl; ++l) job.out[b0 + l] = static_cast<int64_t>(r[l]);
+      return;
+    }
+    const int64_t packed = n * (n + 1) / 2;
+    for (int l = 0; l < nl; ++l) {
+      if (done[l] != 0.0) {
+        job.out[b0 + l] = static_cast<int64_t>(rank[l]);
+        continue;
+      }
+      const int q = pending++;
+      for (int64_t i = 0; i < packed; ++i) P[i][q] = G[i][l];
+      ps[q] = s[l];
+      pcheck[q] = check[l];
+      pout[q] = b0 + l;
+      if (pending == kLanes) flush();
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------
 // Bidiagonal path (float64): X column-major, X[c * m + r].
@@ -653,7 +739,7 @@ inline int64_t workspace_doubles(int64_t rows, int64_t cols, DType dtype) {
   if (dtype == DType::kFloat64) {
     vecs = m * n + 3 * n + m + 4 * n + 8;
   } else {
-    vecs = m * gram_ld(n) + n * (n + 1) + 6 * n + 8;  // X, G and its copy, vectors
+    vecs = m * gram_ld(n) + 3 * (n * (n + 1) / 2) + 6 * n + 8;  // X, G, its copy, pending, vectors
   }
   return vecs * kLanes + 8;  // + slack for alignment
 }
@@ -670,28 +756,23 @@ void rank_range_typed(const RankJob& job, int64_t g0, int64_t g1, double* ws_raw
   vd* X = ws;
   vd* G = X + (f64 ? m * n : m * ld);
   vd* work = f64 ? G : G + n * (n + 1) / 2;
-  // The full-rank test pays for itself only when it usually succeeds: a
-  // range whose groups keep failing it (rank-deficient maps) stops trying.
-  int64_t full_ok = 0, full_failed = 0;
+  GramRange gram{job, n, work, work + 6 * n, work + 6 * n + n * (n + 1) / 2};
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t b0 = g * kLanes;
     const int nl = static_cast<int>(std::min<int64_t>(kLanes, nmat - b0));
     int64_t offs[kLanes];
     for (int l = 0; l < nl; ++l) offs[l] = matrix_offset(job, b0 + l);
-    vd ranks;
     if (f64) {
       load_group<T>(job, v, offs, nl, /*row_major=*/false, m, X);
-      ranks = bidiag_ranks(X, m, n, work, job.atol, job.rtol);
+      const vd ranks = bidiag_ranks(X, m, n, work, job.atol, job.rtol);
+      for (int l = 0; l < nl; ++l) job.out[b0 + l] = static_cast<int64_t>(ranks[l]);
     } else {
       load_group<T>(job, v, offs, nl, /*row_major=*/true, ld, X);
       if (n >= kTile3x4MinN) gram_tiled<3>(X, m, n, ld, G); else gram_tiled<2>(X, m, n, ld, G);
-      const bool try_full = full_failed <= full_ok + 8;
-      bool full = false;
-      ranks = gram_ranks(G, n, work, job.atol, job.rtol, try_full, &full);
-      if (try_full) ++(full ? full_ok : full_failed);
+      gram.group(G, nl, b0);
     }
-    for (int l = 0; l < nl; ++l) job.out[b0 + l] = static_cast<int64_t>(ranks[l]);
   }
+  if (!f64) gram.flush();
 }
 
 inline void rank_range(const RankJob& job, int64_t g0, int64_t g1, double* ws) {

@@ -247,6 +247,35 @@ def test_long_batches_of_full_rank_and_deficient_matrices():
             assert torch.equal(matrix_rank(x, threads=threads), ref)
 
 
+@pytest.mark.parametrize("count", [1, 6, 37, 203])
+def test_mixed_batches_zero_full_rank_and_deficient(count):
+    """Zero maps (settled as rank 0), full-rank maps (settled by the full-rank
+    test) and rank-deficient maps (collected into groups of four across the
+    kernel's groups for the full path) in every arrangement, batch sizes that
+    leave partial groups: each map gets its own rank, and a NaN map anywhere
+    is still the one reported."""
+    gen = torch.Generator().manual_seed(count)
+    n = 20
+    kinds = torch.randint(0, 4, (count,), generator=gen)
+    full = torch.randn(count, n, n, generator=gen)
+    low = torch.randn(count, n, 3, generator=gen) @ torch.randn(count, 3, n, generator=gen)
+    near = known_rank(count, n, n, n - 1, dtype=torch.float64, gen=gen).float()  # rank n - 1
+    x = torch.where((kinds == 0)[:, None, None], torch.zeros(()), full)
+    x = torch.where((kinds == 2)[:, None, None], low, x)
+    x = torch.where((kinds == 3)[:, None, None], near, x)
+    ref, ok = reference(x)
+    zero = kinds == 0
+    assert ok[~zero].float().mean() >= 0.9  # (tol = 0 on zero maps: not comparable)
+    for threads in (1, 2):
+        got = matrix_rank(x, threads=threads)
+        assert torch.equal(got[ok], ref[ok]) and (got[zero] == 0).all()
+    bad = count // 2
+    x[bad, 1, 2] = float("nan")
+    x[-1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=rf"matrix \({bad},\)"):
+        matrix_rank(x, threads=2)
+
+
 def test_threads_do_not_change_results():
     x = torch.randn(37, 20, 17)
     x[::3, :, 9:] = 0
