@@ -460,10 +460,36 @@ inline vd positive_definite_shifted(const vd* G, int64_t n, vd tau, vd candidate
     return x > splat(0.0) ? x : splat(1.0);
   };
   const auto any = [](vd x) { return x[0] != 0.0 || x[1] != 0.0 || x[2] != 0.0 || x[3] != 0.0; };
-  // Two pivots per pass: column j + 1 is updated by column j first, then the
-  // trailing columns by both at once (half the stores of one at a time, the
-  // bound of this loop).
+  // Four pivots per pass (then two, then one): the panel's columns are
+  // factored and update each other first, then every trailing column is
+  // updated by all four at once (a quarter of the loads and stores of one at
+  // a time, the bound of this loop).  Below n = 16 two at a time is faster
+  // (paired A/B at 8x8: 1.04x the time with four).
   int64_t j = 0;
+  for (; n >= 16 && j + 3 < n && any(ok); j += 4) {
+    vd* c[4];
+    vd r[4];
+    for (int t = 0; t < 4; ++t) c[t] = C + col_start(j + t, n);  // rows j+t..n-1 of column j+t
+    for (int t = 0; t < 4; ++t) {
+      r[t] = splat(1.0) / pivot(c[t][0]);
+      for (int u = t + 1; u < 4; ++u) {  // column j+u (rows j+u..) -= l_{j+u,j+t} * column j+t
+        const vd f = c[t][u - t] * r[t];
+        const vd* src = c[t] + (u - t);
+        for (int64_t i = 0; i < n - j - u; ++i) c[u][i] -= f * src[i];
+      }
+    }
+    for (int64_t k = j + 4; k < n; ++k) {
+      const vd f0 = c[0][k - j] * r[0], f1 = c[1][k - j - 1] * r[1];
+      const vd f2 = c[2][k - j - 2] * r[2], f3 = c[3][k - j - 3] * r[3];
+      vd* ck = C + col_start(k, n);  // rows k..n-1 of column k
+      const vd* s0 = c[0] + (k - j);
+      const vd* s1 = c[1] + (k - j - 1);
+      const vd* s2 = c[2] + (k - j - 2);
+      const vd* s3 = c[3] + (k - j - 3);
+      const int64_t len = n - k;
+      for (int64_t i = 0; i < len; ++i) ck[i] -= (f0 * s0[i] + f1 * s1[i]) + (f2 * s2[i] + f3 * s3[i]);
+    }
+  }
   for (; j + 1 < n && any(ok); j += 2) {
     vd* c0 = C + col_start(j, n);      // rows j..n-1 of column j
     vd* c1 = C + col_start(j + 1, n);  // rows j+1..n-1 of column j+1
