@@ -4,15 +4,18 @@ Correctness first (the two must agree on every map), then timing: the same
 tensor in the same process, median of --runs runs after a warm-up; on the CPU
 the two libraries' runs are interleaved so both see the same machine load, on
 CUDA each library is timed in its own block (see --timing).  Feature
-maps are N(0, 1) samples (full rank, the worst case: no zero rows or columns to
-skip); --relu uses ReLU'd maps as a network would produce.
+maps are N(0, 1) samples (full rank: no zero rows or columns to skip, and on
+the CPU settled by the full-rank test, without the tridiagonal reduction);
+--relu uses ReLU'd maps as a network would produce, --rank R maps of rank R
+(the CPU kernel's slowest case: the full-rank test fails and every map takes
+the full path).
 
     python benchmarks/bench_rank.py [--device cpu|cuda] [--dtype float32 ...]
                                     [--shapes cifar|imagenet|all] [--json PATH]
 
 --json writes a list of records, one per shape/dtype, with keys shape, dtype,
 device, pyprune_s, torch_s, speedup, maps_per_s, torch_maps_per_s, gflops (the
-float64 GFLOP/s of the algorithm's work on full-rank maps, see algorithm_flops),
+float64 GFLOP/s of the algorithm's work, see algorithm_flops),
 machine, and on CUDA pyprune_cpu_s and torch_maps_timed.
 
 On CUDA, torch.linalg.matrix_rank batches only matrices up to 32x32 (cuSOLVER's
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="cifar", choices=["cifar", "imagenet", "all"])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--relu", action="store_true", help="ReLU'd maps instead of N(0,1) maps")
+    p.add_argument("--rank", type=int, default=None, metavar="R",
+                   help="maps of rank R (products of N(0,1) H x R and R x W factors) instead of full-rank ones")
     p.add_argument("--no-cpu", action="store_true", help="on CUDA, skip the pyprune-on-CPU column")
     p.add_argument("--torch-max-maps", type=int, default=1024,
                    help="on CUDA, above 32x32: time torch on this many leading maps and scale (see above)")
@@ -83,7 +88,11 @@ def main(argv=None) -> int:
     for dtype_name in args.dtype:
         dtype = getattr(torch, dtype_name)
         for shape in shapes:
-            x = torch.randn(*shape, generator=gen)
+            if args.rank is not None:
+                lead, (h, w) = shape[:-2], shape[-2:]
+                x = torch.randn(*lead, h, args.rank, generator=gen) @ torch.randn(*lead, args.rank, w, generator=gen)
+            else:
+                x = torch.randn(*shape, generator=gen)
             if args.relu:
                 x = torch.relu(x)
             x = x.to(device=device, dtype=dtype)
@@ -107,7 +116,8 @@ def main(argv=None) -> int:
                              device=device, runs=args.runs, interleave=timing == "interleaved",
                              warmup=1 if timing == "interleaved" else 3)
             t_ours, t_torch = t["ours"], t["torch"] * (maps / torch_maps)
-            flops = maps * algorithm_flops(shape[-2], shape[-1], dtype, full_rank_test=device == "cpu")
+            settled = device == "cpu" and args.rank is None  # rank-R maps take the full path
+            flops = maps * algorithm_flops(shape[-2], shape[-1], dtype, full_rank_test=settled)
             rec = {"shape": list(shape), "dtype": dtype_name, "device": device, "pyprune_s": t_ours,
                    "torch_s": t_torch, "speedup": t_torch / t_ours, "maps_per_s": maps / t_ours,
                    "torch_maps_per_s": maps / t_torch, "gflops": flops / t_ours / 1e9,
