@@ -18,6 +18,13 @@
 namespace pyprune {
 namespace {
 
+// Block b of [0, n) split into nblocks contiguous blocks.
+void run_block_of(const RangeFn& fn, int64_t n, int nblocks, int b) {
+  const int64_t begin = n * b / nblocks;
+  const int64_t end = n * (b + 1) / nblocks;
+  if (begin < end) fn(begin, end, b);
+}
+
 class Pool {
  public:
   ~Pool() {
@@ -30,15 +37,9 @@ class Pool {
     for (auto& t : workers_) t.join();
   }
 
-  void run(int64_t n, int threads, int64_t grain,
-           const RangeFn& fn) {
+  // nblocks >= 2.
+  void run(int64_t n, int nblocks, const RangeFn& fn) {
     std::lock_guard<std::mutex> call_lock(call_mu_);
-    const int64_t max_blocks = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
-    const int nblocks = static_cast<int>(std::min<int64_t>(threads, max_blocks));
-    if (nblocks <= 1) {
-      fn(0, n, 0);
-      return;
-    }
     ensure_workers(nblocks - 1);
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -62,11 +63,7 @@ class Pool {
   }
 
  private:
-  void run_block(int b) {
-    const int64_t begin = n_ * b / nblocks_;
-    const int64_t end = n_ * (b + 1) / nblocks_;
-    if (begin < end) (*fn_.load())(begin, end, b);
-  }
+  void run_block(int b) { run_block_of(*fn_.load(), n_, nblocks_, b); }
 
   void finish_one() {
     std::lock_guard<std::mutex> lk(mu_);
@@ -186,9 +183,7 @@ struct OmpCall {
 void omp_team_body(void* arg) {
   OmpCall& c = *static_cast<OmpCall*>(arg);
   for (int b; (b = c.next.fetch_add(1, std::memory_order_relaxed)) < c.nblocks;) {
-    const int64_t begin = c.n * b / c.nblocks;
-    const int64_t end = c.n * (b + 1) / c.nblocks;
-    if (begin < end) (*c.fn)(begin, end, b);
+    run_block_of(*c.fn, c.n, c.nblocks, b);
   }
 }
 
@@ -206,17 +201,18 @@ void parallel_for(int64_t n, int threads, int64_t grain,
     fn(0, n, 0);
     return;
   }
-  if (const GompParallelFn parallel = omp_parallel()) {
-    const int64_t max_blocks = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
-    OmpCall call{&fn, n, static_cast<int>(std::min<int64_t>(threads, max_blocks))};
-    if (call.nblocks <= 1) {
-      fn(0, n, 0);
-      return;
-    }
-    parallel(&omp_team_body, &call, static_cast<unsigned>(call.nblocks), 0);
+  const int64_t max_blocks = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
+  const int nblocks = static_cast<int>(std::min<int64_t>(threads, max_blocks));
+  if (nblocks <= 1) {
+    fn(0, n, 0);
     return;
   }
-  pool().run(n, threads, grain, fn);
+  if (const GompParallelFn parallel = omp_parallel()) {
+    OmpCall call{&fn, n, nblocks};
+    parallel(&omp_team_body, &call, static_cast<unsigned>(nblocks), 0);
+    return;
+  }
+  pool().run(n, nblocks, fn);
 }
 
 const char* thread_backend() {

@@ -157,9 +157,10 @@ void run_parallel(const SelectJob& job, int64_t t0, int64_t t1, int threads, boo
 
 void run_job(const SelectJob& job, int threads) {
   if (job.dims.size() > 16) throw std::invalid_argument("select: more than 16 dimensions");
-  const int64_t total = select_job_bytes(job) / std::max<int64_t>(1, job.chunk_bytes);
+  const int64_t bytes = select_job_bytes(job);
+  const int64_t total = bytes / std::max<int64_t>(1, job.chunk_bytes);
   if (total == 0 || job.chunk_bytes == 0) return;
-  const bool stream = select_job_bytes(job) >= kStreamBytes;
+  const bool stream = bytes >= kStreamBytes;
   if (job.dst != job.src) {
     run_parallel(job, 0, total, threads, stream);
     return;

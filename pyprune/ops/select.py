@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -318,11 +319,8 @@ class _InPlace:
             for t, (sizes, _) in zip(self.tensors, self.batch.layouts()):
                 front = None
                 if backup and self._native:  # compacted in place: keep what it overwrites
-                    n_new = 1
-                    for v in sizes:
-                        n_new *= v
                     front = t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(),
-                                                (n_new,)).clone()
+                                                (math.prod(sizes),)).clone()
                 saved.append((t.untyped_storage(), t.storage_offset(), t.size(), t.stride(), front))
         return saved
 
