@@ -10,30 +10,72 @@ important).  Criteria read the model and never change it.  They live in the
 
 ``pyprune.prune(..., method=name)`` and ``pyprune.scores(..., method=name)`` look the
 method up here.
+
+Each registered criterion also carries a :class:`CriterionInfo` (``info(name)``) that
+tells the orchestrator how to drive it without special cases per name:
+
+* ``data``: ``"none"`` (weights only: ``data`` given to it is warned about and ignored),
+  ``"required"`` (``data`` must be a non-empty iterable of batches) or ``"optional"``;
+* ``global_threshold``: ``ratio`` means one global fraction across all layers (the
+  Network Slimming meaning) instead of a uniform per-group fraction;
+* ``normalize``: the per-group score normalization used when a global threshold or a
+  budget search compares scores across groups (``None``: raw scores are comparable).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
-__all__ = ["CRITERIA", "Criterion", "register", "get", "compute"]
+__all__ = ["CRITERIA", "Criterion", "CriterionInfo", "register", "get", "info", "compute"]
 
 Criterion = Callable[..., Dict[str, torch.Tensor]]
 
 CRITERIA: Dict[str, Criterion] = {}
 
+_DATA_KINDS = ("none", "optional", "required")
+_NORMALIZE = (None, "mean", "max", "sum")
 
-def register(name: str) -> Callable[[Criterion], Criterion]:
-    """Decorator adding a criterion to :data:`CRITERIA` under ``name``."""
+
+@dataclass(frozen=True)
+class CriterionInfo:
+    """How the orchestrator drives a criterion (see the module docstring)."""
+
+    data: str = "none"
+    global_threshold: bool = False
+    normalize: Optional[str] = "mean"
+
+
+_INFO: Dict[str, CriterionInfo] = {}
+
+
+def register(name: str, *, data: str = "none", global_threshold: bool = False,
+             normalize: Optional[str] = "mean") -> Callable[[Criterion], Criterion]:
+    """Decorator adding a criterion to :data:`CRITERIA` under ``name``.
+
+    ``data``, ``global_threshold`` and ``normalize`` fill its :class:`CriterionInfo`.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"criterion name must be a non-empty string, got {name!r}")
+    if data not in _DATA_KINDS:
+        raise ValueError(f"data must be one of {_DATA_KINDS}, got {data!r}")
+    if normalize not in _NORMALIZE:
+        raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+    meta = CriterionInfo(data=data, global_threshold=bool(global_threshold), normalize=normalize)
 
     def deco(fn: Criterion) -> Criterion:
         CRITERIA[name] = fn
+        _INFO[name] = meta
         return fn
 
     return deco
+
+
+def info(name: str) -> CriterionInfo:
+    """The :class:`CriterionInfo` of criterion ``name`` (ValueError if unknown)."""
+    get(name)
+    return _INFO.get(name, CriterionInfo())
 
 
 def get(name: str) -> Criterion:
