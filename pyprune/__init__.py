@@ -7,7 +7,8 @@ from ._version import __version__
 from . import ops
 from ._info import build_info
 from . import models
+from .errors import PruningWarning
 from .api import prune, scores, save, load, profile
 
 __all__ = ["__version__", "ops", "build_info", "models", "prune", "scores", "save", "load",
-           "profile"]
+           "profile", "PruningWarning"]
