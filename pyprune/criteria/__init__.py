@@ -100,3 +100,15 @@ def compute(name: str, model: torch.nn.Module, example_inputs: Any, data: Any = 
 
 
 from . import magnitude, random  # noqa: E402,F401  (registers l1, l2, random)
+
+# Criteria living in optional modules of this package (HRank, activation statistics,
+# BatchNorm scale / Network Slimming, Taylor); each registers itself on import.
+import importlib as _importlib  # noqa: E402
+
+for _mod in ("hrank", "activation", "bn", "taylor"):
+    try:
+        _importlib.import_module(f"{__name__}.{_mod}")
+    except ModuleNotFoundError as _e:  # not written yet
+        if _e.name != f"{__name__}.{_mod}":
+            raise
+del _importlib, _mod
