@@ -194,17 +194,61 @@ def _conv(ctx: Context, node: Node, m: nn.modules.conv._ConvNd) -> Result:
         ctx.add_attr(name, "out_channels", blk, x.elems)
         ctx.state.set_out(name, x.elems, blk)
         return ChannelInfo(1, x.elems, blk)
+    if not depthwise and (x is None or x.block == 1):
+        return _grouped_conv(ctx, name, m, x, transposed)
     if depthwise:
-        reason = f"{name}: depthwise conv whose input channels are not traced"
+        reason = f"{type(m).__name__}(depthwise): input channels not traced (at {name})"
     else:
-        reason = (f"{name}: grouped conv (groups={g}) is kept whole "
-                  "(pruning it would need equal removal in every group)")
+        reason = (f"{type(m).__name__}(groups={g}): grouped conv after a flatten "
+                  f"is kept whole (at {name})")
     ctx.freeze(x, reason)
     if name in ctx.state.out_maps:
         out = tuple(ctx.state.out_maps[name][0])
         ctx.state.freeze(out, reason)
     else:
         out = ctx.state.new_space(name, m.out_channels, frozen=reason)
+    ctx.state.set_out(name, out, 1)
+    return ChannelInfo(1, out, 1)
+
+
+def _tie_groups(state: GraphState, elems: Sequence[int], groups: int) -> Tuple[int, ...]:
+    """Unite channel ``q * n + j`` with ``j`` for every group q (n = len(elems) // groups),
+    so that the same local channels are kept in every group; returns the first group's
+    elements, which stand for all of them."""
+    n = len(elems) // groups
+    first = tuple(elems[:n])
+    for q in range(1, groups):
+        state.unify(first, elems[q * n:(q + 1) * n])
+    return first
+
+
+def _grouped_conv(ctx: Context, name: str, m: nn.modules.conv._ConvNd,
+                  x: Optional[ChannelInfo], transposed: bool) -> Result:
+    """A grouped conv (1 < groups, not depthwise): every group loses the same local
+    channels, on the input side and on the output side, so ``in_channels`` and
+    ``out_channels`` stay multiples of ``groups`` and the weight is sliced along each
+    dim with one keep set (its dim 0 or 1 holds one group's worth of channels)."""
+    g = m.groups
+    in_dim_w, out_dim_w = (0, 1) if transposed else (1, 0)
+    if x is not None:
+        if len(x.elems) != m.in_channels:
+            ctx.freeze(x, f"{type(m).__name__}(groups={g}): input has {len(x.elems)} "
+                          f"channels, not {m.in_channels} (at {name})")
+        else:
+            first_in = _tie_groups(ctx.state, x.elems, g)
+            # weight: [out, in/g, k...] (conv) or [in, out/g, k...] (transposed)
+            ctx.add_tensor(name, "weight", in_dim_w, 1, first_in if not transposed
+                           else x.elems, "in")
+            ctx.add_attr(name, "in_channels", 1, x.elems)
+    if name in ctx.state.out_maps:
+        out = tuple(ctx.state.out_maps[name][0])
+    else:
+        out = ctx.state.new_space(name, m.out_channels)
+    first_out = _tie_groups(ctx.state, out, g)
+    ctx.add_tensor(name, "weight", out_dim_w, 1, out if not transposed else first_out, "out")
+    if m.bias is not None:
+        ctx.add_tensor(name, "bias", 0, 1, out, "out")
+    ctx.add_attr(name, "out_channels", 1, out)
     ctx.state.set_out(name, out, 1)
     return ChannelInfo(1, out, 1)
 

@@ -106,7 +106,7 @@ class Depthwise(nn.Module):
 
 
 class Grouped(nn.Module):
-    """A grouped (not depthwise) conv: its channels stay whole, the rest prunes."""
+    """A grouped (not depthwise) conv between two plain ones."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,6 +118,32 @@ class Grouped(nn.Module):
     def forward(self, x):
         x = self.b(self.g(self.a(x)))
         return self.fc(x.mean([2, 3]))
+
+
+class GroupedChain(nn.Module):
+    """ResNeXt-style: a bottleneck with a grouped 3x3 and a residual add, grouped convs
+    with different group counts back to back (one with a bias), a grouped
+    ConvTranspose2d, and a grouped conv fed by a concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.b1 = nn.Sequential(cbr(8, 12, 1), cbr(12, 12, groups=4),
+                                nn.Conv2d(12, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.g2 = cbr(8, 12, groups=2)
+        self.g3 = nn.Sequential(nn.Conv2d(12, 12, 3, 1, 1, groups=3), nn.ReLU())
+        self.t = nn.Sequential(nn.ConvTranspose2d(12, 8, 3, 1, 1, groups=4, bias=True),
+                               nn.BatchNorm2d(8), nn.ReLU())
+        self.c = cbr(3, 4)
+        self.g4 = cbr(12, 6, groups=2)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = F.relu(s + self.b1(s))
+        y = self.t(self.g3(self.g2(y)))
+        y = self.g4(torch.cat([y, self.c(x)], 1))
+        return self.fc(y.mean([2, 3]))
 
 
 class SqueezeExcite(nn.Module):
@@ -296,6 +322,7 @@ ZOO: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "dense_cat": (DenseCat, IMAGE),
     "depthwise": (Depthwise, IMAGE),
     "grouped": (Grouped, IMAGE),
+    "grouped_chain": (GroupedChain, IMAGE),
     "squeeze_excite": (SqueezeExcite, IMAGE),
     "reused": (Reused, IMAGE),
     "transposed": (Transposed, IMAGE),

@@ -103,15 +103,45 @@ def test_depthwise_ties_input_and_output():
     assert _member(g, "fc.weight", 1).block == 2
 
 
-def test_grouped_conv_is_kept_whole_with_reason():
+def _positions_per_group(g, producer, groups):
+    """For each channel of ``producer``'s group: how many of its output positions fall in
+    each conv group (must be the same for all conv groups)."""
+    idx = g.out_index(producer)
+    n = idx.numel() // groups
+    return [[int((idx[q * n:(q + 1) * n] == c).sum()) for q in range(groups)]
+            for c in torch.unique(idx).tolist()]
+
+
+def test_grouped_conv_ties_the_same_local_channel_of_every_group():
     model, x = make("grouped")
     g = build_graph(model, x)
     for name in ("a.0", "g.0"):
         grp = _group(g, name)
-        assert not grp.prunable
-        assert any("grouped conv" in r for r in grp.reasons)
-    assert _group(g, "b.0").prunable
-    assert "grouped conv (groups=2)" in g.explain("g.0")
+        assert grp.prunable
+        assert grp.size == 4  # 8 channels, 2 groups: channel j and 4 + j go together
+        idx = g.out_index(name)
+        assert torch.equal(idx[:4], idx[4:])
+    w_in = _member(g, "g.0.weight", 1)
+    assert len(w_in.elems) == 4 and torch.equal(g.member_index(w_in), g.out_index("a.0")[:4])
+    assert _group(g, "b.0").prunable and _group(g, "b.0") is not _group(g, "g.0")
+
+
+def test_grouped_chain_keeps_every_group_equal():
+    model, x = make("grouped_chain")
+    g = build_graph(model, x)
+    for name, groups in (("b1.1.0", 4), ("g2.0", 2), ("g3.0", 3), ("t.0", 4), ("g4.0", 2)):
+        assert _group(g, name).prunable, g.explain(name)
+        for counts in _positions_per_group(g, name, groups):
+            assert len(set(counts)) == 1, (name, counts)
+    # g2's 12 outputs (2 groups: j ~ j + 6) feed g3 (3 groups: j ~ j + 4 ~ j + 8): the
+    # ties combine into the even and the odd channels
+    assert _group(g, "g2.0").size == 2
+    assert torch.equal(g.out_index("g2.0") % 2, torch.arange(12) % 2) or torch.equal(
+        g.out_index("g2.0") % 2, 1 - torch.arange(12) % 2)
+    # g3's outputs (3 groups) feed t (4 groups): one class of 12, nothing to remove
+    assert _group(g, "g3.0").size == 1
+    # the concatenation feeding g4 (2 groups) ties t's channels to c's
+    assert _group(g, "t.0") is _group(g, "c.0")
 
 
 def test_squeeze_excite_couples_gate_with_features():
