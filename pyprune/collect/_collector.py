@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 
+from ..graph import GraphError
 from ..graph_hooks import HookPoint, activation_points, conv_layers
 from ..ops import matrix_rank
 
@@ -255,8 +256,14 @@ def collect(model: nn.Module, data: Any, statistics: Sequence[str] = ("rank",), 
             x0 = next(gen)  # raises the ValueError of empty / bad data
             device = _model_device(model, x0)
             if points is None:
-                ex = example_inputs if example_inputs is not None else x0[:1].to(device)
-                points = activation_points(model, ex, layers=layers)
+                if example_inputs is not None:
+                    points = activation_points(model, example_inputs, layers=layers)
+                else:  # traced on the first image of data
+                    try:
+                        points = activation_points(model, x0[:1].to(device), layers=layers)
+                    except GraphError as e:
+                        raise ValueError(f"data: batch 0 of shape {tuple(x0.shape)} could not be "
+                                         f"run through the model: {e}") from e
             elif layers is not None:
                 sel = set(conv_layers(model, layers))
                 points = {k: v for k, v in points.items() if k in sel}
