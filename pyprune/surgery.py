@@ -1,22 +1,60 @@
 """Surgery: remove channels physically, atomically.  The only code that mutates models.
 
-:func:`apply_plan` turns a :class:`~pyprune.plan.Plan` into one batched call of
-:func:`pyprune.ops.select_channels_` covering every parameter and buffer of the model,
-their ``.grad`` and the optimizer's per-parameter state (momentum buffers, Adam moments,
-...), then updates the module attributes (``in_channels``, ``num_features``, ``groups``
-of depthwise convs, ``in_features`` ...).  Parameters keep their identity, so an
-optimizer built before pruning keeps working.
+:func:`apply_plan` turns a :class:`~pyprune.plan.Plan` into one batched channel
+selection (:class:`pyprune.ops.select.Compaction`) covering every parameter and buffer
+of the model, their ``.grad`` and the optimizer's per-parameter state (momentum
+buffers, Adam moments, ...), then updates the module attributes (``in_channels``,
+``num_features``, ``groups`` of depthwise convs, ``in_features`` ...).
+
+Memory: by default every pruned tensor ends up in a new storage of exactly its pruned
+size (the kept values are copied out of place by one native call, then each tensor is
+re-pointed to its new storage), so ``untyped_storage().nbytes()`` equals
+``numel() * element_size()`` and ``torch.save`` writes the pruned size.  The extra
+memory while it runs is the pruned size of the tensors it touches; the dense storages
+are freed on return unless something else still holds them (a graph recorded before
+pruning, a view, an EMA copy).  ``zero_copy=True`` instead compacts each tensor in its
+own storage (no new memory; each storage keeps its dense capacity until the tensor is
+cloned).
 
 Atomicity: the whole plan is validated and every new value computed before anything
 changes.  If the op or an attribute update still fails, every touched tensor is put
 back (storage, shape, strides and data) and every attribute restored, then the error is
-re-raised.  For the data, ``backup=True`` (the default) copies beforehand the part of
-each tensor's storage that in-place compaction overwrites (its first new-numel
-elements; a quarter of a conv weight pruned 50% on both sides; on the CPU one native
-copy into a buffer the op owns).  The op validates everything before it writes, so
-``backup=False`` only gives up the data of a failure that comes once the op has
-started writing (inside it, or in an attribute update after it): storages, shapes,
-strides and attributes are restored either way.
+re-raised.  The default overwrites nothing, so that costs nothing.  With
+``zero_copy=True`` the data is overwritten in place, and ``backup=True`` (the default)
+copies beforehand the part of each tensor's storage that the compaction overwrites (its
+first new-numel elements; a quarter of a conv weight pruned 50% on both sides; on the
+CPU one native copy into a buffer the op owns); ``backup=False`` gives up only the data
+of a failure that comes once the op has started writing: storages, shapes, strides and
+attributes are restored either way.
+
+Training after pruning
+----------------------
+What stays the same object: every ``nn.Parameter`` and buffer (``model.conv.weight``
+before and after is the same tensor), every ``.grad`` tensor, the optimizer's state
+tensors, and so the optimizer itself (pass it as ``optimizer=`` so that its state is
+pruned too; scalar state such as Adam's ``step`` is kept).  SGD, Adam and AdamW, with
+``foreach`` or ``fused``, ``GradScaler``, gradient clipping, hooks registered on the
+parameters (``Tensor.register_hook``, ``register_post_accumulate_grad_hook``) and
+``torch.compile`` (it recompiles for the new shapes) keep working.
+
+What changes: each tensor gets its new layout through ``Tensor.set_``, which bumps its
+version counter and gives each parameter a fresh gradient accumulator (the autograd
+node ``.grad`` is accumulated by) for its new shape at its next forward pass.  So:
+
+* An autograd graph recorded before pruning (a kept ``loss`` or output) cannot be
+  backpropagated: calling ``backward()`` on it raises ``RuntimeError`` naming
+  pyprune.prune, never a wrong gradient.  Graphs recorded after pruning train
+  normally, while the old one is still alive.
+* Anything holding the old accumulators or the old shapes must be rebuilt:
+  ``torch.nn.parallel.DistributedDataParallel`` (its reducer hooks the accumulators
+  and sizes its buckets at construction; prune ``ddp.module``, then wrap again:
+  ``ddp = DistributedDataParallel(ddp.module, ...)``), FSDP, and hooks registered on
+  accumulator nodes (``p.view_as(p).grad_fn.next_functions[0][0]``).
+* Copies of the model are separate tensors and stay dense: prune an EMA copy
+  (``torch.optim.swa_utils.AveragedModel``, a ``copy.deepcopy``) taken before pruning
+  with the same record, ``replay(ema.module, history(model)[-1:])``, or copy it again
+  from the pruned model.  An optimizer that was not passed as ``optimizer=`` must be
+  rebuilt (its state still has the dense shapes).
 
 Each surgery appends a plain-data record to ``model._pyprune_history`` (names, dims,
 blocks, keep-indices and new attribute values); :func:`replay` re-applies such records
@@ -24,14 +62,17 @@ to a freshly built dense model (used by :func:`pyprune.io.load`).
 """
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.autograd.graph import get_gradient_edge
 
-from .ops.select import _InPlace
+from .ops.select import Compaction
 from .graph._core import module_dict
 from .plan import Plan, _kept_mask, _layouts
 
@@ -220,18 +261,122 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
     return _Prepared(pairs, keeps, attrs, {"tensors": tensors_rec, "attrs": attrs_rec})
 
 
-def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
-    # Validated before anything changes; with ``backup`` the compaction first saves
-    # what it overwrites (the front of each tensor's storage region), so undo() can put
-    # the data back as well as every tensor's storage, shape and strides.
-    job = _InPlace("select_channels_", prep.pairs, prep.keeps, None) if prep.pairs else None
+class _StaleGraphHook:
+    """A node pre-hook that refuses to backpropagate through a graph recorded before
+    a surgery changed the shapes of the parameters it reaches."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __call__(self, grad_outputs: Any) -> None:
+        raise RuntimeError(self.message)
+
+
+def _stale_message(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"pyprune: this autograd graph was built before pyprune.prune (surgery.apply_plan) "
+            f"removed channels of {len(names)} tensor(s) ({shown}); its gradients have the "
+            "old shapes and cannot be backpropagated into the pruned model. Call backward() "
+            "before pruning, or run the forward pass again after it.")
+
+
+def _accumulators(tensors: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, Any]]:
+    """(leaf, its gradient accumulator) for every leaf of ``tensors`` that requires grad:
+    the node a graph recorded so far feeds (created if no graph holds one)."""
+    out = []
+    for t in tensors:
+        if t.requires_grad and t.is_leaf:
+            out.append((t, get_gradient_edge(t).node))
+    return out
+
+
+def _guard_stale_graphs(accs: List[Tuple[torch.Tensor, Any]], names: Sequence[str]) -> None:
+    """Makes backpropagating through a graph recorded before the surgery raise a clear
+    error instead of torch's shape or version-counter errors.
+
+    Every old accumulator gets a pre-hook that raises; when one of them is still held
+    (a loss, an output or a logged tensor of an earlier forward is alive), so does the
+    ``grad_fn`` of every live tensor whose graph reaches one: a backward call starts at
+    such a node, before any node that unpacks a saved parameter (which would fail with
+    torch's "modified by an inplace operation").  Finding them walks the objects the
+    garbage collector tracks, only in that case.
+    """
+    if not accs:
+        return
+    message = _stale_message(list(names))
+    alive = []
+    for t, node in accs:
+        hook = _StaleGraphHook(message)
+        node.register_prehook(hook)
+        alive.append(weakref.ref(hook))
+    targets = {id(t) for t, _ in accs}
+    del accs[:], node, hook  # an accumulator no graph holds dies here, with its hook
+    if not any(r() is not None for r in alive):
+        return
+    hook = _StaleGraphHook(message)
+    memo: Dict[int, bool] = {}  # node id -> reaches an old accumulator of a target
+    held: List[Any] = []  # keeps every visited node (and so its id) alive during the walk
+
+    def reaches(root: Any) -> bool:
+        key = id(root)
+        if key in memo:
+            return memo[key]
+        memo[key] = False
+        held.append(root)
+        stack = [(root, iter(root.next_functions))]
+        while stack:
+            node, it = stack[-1]
+            for nxt, _ in it:
+                if nxt is None:
+                    continue
+                k = id(nxt)
+                if k not in memo:
+                    held.append(nxt)
+                    var = getattr(nxt, "variable", None)  # set on AccumulateGrad nodes only
+                    if var is not None:
+                        memo[k] = id(var) in targets
+                    else:
+                        memo[k] = False  # final once its inputs are done (graphs are acyclic)
+                        stack.append((nxt, iter(nxt.next_functions)))
+                        break
+                if memo[k]:
+                    memo[id(node)] = True
+            else:
+                stack.pop()
+                if stack and memo[id(node)]:
+                    memo[id(stack[-1][0])] = True
+        return memo[key]
+
+    hooked = set()
+    for obj in gc.get_objects():
+        if not issubclass(type(obj), torch.Tensor):
+            continue
+        try:
+            fn = obj.grad_fn
+        except (RuntimeError, AttributeError, TypeError):  # tensors without autograd metadata
+            continue
+        if fn is not None and id(fn) not in hooked and reaches(fn):
+            hooked.add(id(fn))
+            fn.register_prehook(hook)
+
+
+def _commit(model: nn.Module, prep: _Prepared, backup: bool, zero_copy: bool = False) -> None:
+    # Validated before anything changes.  By default the kept values go to new
+    # right-sized storages and nothing is overwritten; with ``zero_copy`` the tensors are
+    # compacted in place and ``backup`` first saves what that overwrites (the front of
+    # each tensor's storage region).  Either way undo() puts back every tensor's storage,
+    # shape and strides, and its data unless it was overwritten without a backup.
+    job = Compaction(prep.pairs, prep.keeps) if prep.pairs else None
     hist = getattr(model, HISTORY_ATTR, None)
     had_hist = hist is not None
     done_attrs: List[Tuple[nn.Module, str, Any]] = []
+    accs = _accumulators(job.tensors) if job is not None else []
     try:
         if job is not None:
             with torch.no_grad():
-                job.run(backup)
+                job.run(backup, compact_storage=not zero_copy)
         for mod, attr, old, new in prep.attrs:
             d = mod.__dict__
             if type(mod).__setattr__ is _MODULE_SETATTR and attr in d:
@@ -252,25 +397,59 @@ def _commit(model: nn.Module, prep: _Prepared, backup: bool) -> None:
         elif HISTORY_ATTR in model.__dict__:
             object.__delattr__(model, HISTORY_ATTR)
         raise
+    del job  # the old storages go now (unless something else holds them)
+    if accs:
+        names = list(dict.fromkeys(t["name"] for t in prep.record["tensors"]))
+        _guard_stale_graphs(accs, names)
 
 
 def apply_plan(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None,
-               *, backup: bool = True) -> Dict[str, Any]:
-    """Remove the channels ``plan`` drops from ``model`` in place; return the record.
+               *, backup: bool = True, zero_copy: bool = False) -> Dict[str, Any]:
+    """Remove the channels ``plan`` drops from ``model``; return the record.
 
-    ``optimizer``: its per-parameter state tensors shaped like the parameter are pruned
-    along with it, as is every ``.grad``, so training continues.  ``backup=False``
-    skips the copy of the touched tensors that makes a failure inside the op
-    undoable (validation failures never change anything either way).
+    Args:
+        model: the model the plan's graph was built from; changed in place (its
+            parameters, buffers and modules stay the same objects).
+        plan: a :class:`~pyprune.plan.Plan` of that graph.
+        optimizer: its per-parameter state tensors shaped like the parameter
+            (momentum buffers, Adam moments, ``max_exp_avg_sq``) are pruned along
+            with it, as is every ``.grad``, so training continues; scalar state
+            (``step``) is left as it is.
+        backup: with ``zero_copy=True``, save beforehand what the in-place
+            compaction overwrites, so that a failure once it has started still
+            leaves the data as it was (``False`` restores storages, shapes,
+            strides and attributes only).  The default copies the kept values
+            out of place and overwrites nothing, so it needs no backup.
+        zero_copy: compact every tensor in its own storage, which keeps its dense
+            capacity (no new memory, and what :func:`pyprune.ops.select_channels_`
+            does); by default each pruned tensor gets a new storage holding exactly
+            its values, and the old storages are freed on return (unless something
+            else still holds them: a graph recorded before, a view).  Extra memory
+            while it runs: the pruned size of the tensors it touches.
+
+    See the module docstring for what a training loop, ``torch.compile``, DDP and
+    EMA copies of the model need to know.  Validation failures never change
+    anything; a failure after that puts everything back (see ``backup``).
     """
+    if not isinstance(backup, bool):
+        raise TypeError(f"backup must be a bool, got {type(backup).__name__} {backup!r}")
+    if not isinstance(zero_copy, bool):
+        raise TypeError(f"zero_copy must be a bool, got {type(zero_copy).__name__} {zero_copy!r}")
     prep = _prepare(model, plan, optimizer)
-    _commit(model, prep, backup)
+    _commit(model, prep, backup, zero_copy)
     return prep.record
 
 
-def replay(model: nn.Module, records: Sequence[Dict[str, Any]], *, backup: bool = True) -> None:
+def replay(model: nn.Module, records: Sequence[Dict[str, Any]], *, backup: bool = True,
+           zero_copy: bool = False) -> None:
     """Re-apply surgery records (from ``model._pyprune_history`` of a pruned model) to
-    a dense model built by the same constructor."""
+    a dense model built by the same constructor (or to a copy of the model taken
+    before the surgery, such as an EMA copy).  ``backup`` and ``zero_copy`` as for
+    :func:`apply_plan`; by default the result holds only the pruned values."""
+    if not isinstance(backup, bool):
+        raise TypeError(f"backup must be a bool, got {type(backup).__name__} {backup!r}")
+    if not isinstance(zero_copy, bool):
+        raise TypeError(f"zero_copy must be a bool, got {type(zero_copy).__name__} {zero_copy!r}")
     look = _Lookup(model)
     for i, rec in enumerate(records):
         try:
@@ -290,4 +469,4 @@ def replay(model: nn.Module, records: Sequence[Dict[str, Any]], *, backup: bool 
             raise ValueError(f"surgery record {i} is malformed or does not fit this model: "
                              f"{type(e).__name__}: {e}") from e
         prep = _Prepared(pairs, keeps, attrs, {"tensors": list(tensors), "attrs": list(attr_items)})
-        _commit(model, prep, backup)
+        _commit(model, prep, backup, zero_copy)

@@ -148,10 +148,9 @@ def test_replay_rebuilds_the_same_structure():
     assert history(fresh) == history(model)
 
 
-class _FailMidway:
-    """A SelectBatch stand-in whose apply_layouts gives half the tensors their new
-    layout, then raises: the native op has compacted every tensor and half of them have
-    their new shape."""
+class _FailAfterRun:
+    """A SelectBatch stand-in whose run_cpu does its work, then raises: the native op has
+    written every compacted value (in place, or into the new storages)."""
 
     def __init__(self, batch):
         self._batch = batch
@@ -159,43 +158,76 @@ class _FailMidway:
     def __getattr__(self, name):
         return getattr(self._batch, name)
 
-    def apply_layouts(self, tensors, original):
-        if original:
-            return self._batch.apply_layouts(tensors, original)
-        layouts = self._batch.layouts()
-        for t, (sizes, strides) in list(zip(tensors, layouts))[:len(layouts) // 2]:
-            t.as_strided_(sizes, strides)
+    def run_cpu(self, dsts, threads):
+        self._batch.run_cpu(dsts, threads)
         raise RuntimeError("injected failure")
 
 
-@pytest.mark.parametrize("backup", [True, False])
-def test_failure_inside_the_op_rolls_everything_back(monkeypatch, backup):
-    from pyprune.ops.select import _InPlace
-
+def _trained_setup():
     model, g, plan = setup()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(X).sum().backward()
     opt.step()
     model(X).sum().backward()
-    before = snapshot(model, opt)
-    real_init = _InPlace.__init__
+    return model, g, plan, opt
 
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        self.batch = _FailMidway(self.batch)
 
-    monkeypatch.setattr(_InPlace, "__init__", init)
-    with pytest.raises(RuntimeError, match="injected"):
-        apply_plan(model, plan, optimizer=opt, backup=backup)
+def _check_rolled_back(model, opt, before, data_kept):
     after = snapshot(model, opt)
-    if backup:
+    if data_kept:
         assert_same(after, before)
-    else:  # without the backup: storages, shapes, strides and attributes, not the data
+    else:  # storages, shapes, strides and attributes, not the data
         (sa, aa, _, ha), (sb, ab, _, hb) = after, before
         assert {k: v[1:4] for k, v in sa.items()} == {k: v[1:4] for k, v in sb.items()}
         assert aa == ab and ha == hb
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+@pytest.mark.parametrize("backup", [True, False])
+def test_failure_inside_the_op_rolls_everything_back(monkeypatch, backup, zero_copy):
+    from pyprune.ops.select import Compaction
+
+    model, g, plan, opt = _trained_setup()
+    before = snapshot(model, opt)
+    real_init = Compaction.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.batch = _FailAfterRun(self.batch)
+
+    monkeypatch.setattr(Compaction, "__init__", init)
+    with pytest.raises(RuntimeError, match="injected"):
+        apply_plan(model, plan, optimizer=opt, backup=backup, zero_copy=zero_copy)
+    # out of place nothing was overwritten; in place the backup puts the data back
+    _check_rolled_back(model, opt, before, data_kept=backup or not zero_copy)
     monkeypatch.undo()
     apply_plan(model, plan, optimizer=opt)  # and the model is still prunable
+    assert model(X).shape == (4, 3)
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_failure_while_tensors_are_repointed_rolls_everything_back(monkeypatch, zero_copy):
+    # half of the tensors have their new storage / layout when Tensor.set_ fails
+    model, g, plan, opt = _trained_setup()
+    before = snapshot(model, opt)
+    real_set = torch.Tensor.set_
+    calls = {"n": 0, "fail_at": None}
+
+    def failing_set(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError("injected set_ failure")
+        return real_set(self, *args, **kwargs)
+
+    n_tensors = len({id(t) for t in list(model.parameters()) + list(model.buffers())})
+    calls["fail_at"] = n_tensors // 2
+    monkeypatch.setattr(torch.Tensor, "set_", failing_set)
+    with pytest.raises(RuntimeError, match="injected set_"):
+        apply_plan(model, plan, optimizer=opt, zero_copy=zero_copy)
+    monkeypatch.undo()
+    assert calls["n"] > calls["fail_at"]  # the undo re-pointed tensors too
+    _check_rolled_back(model, opt, before, data_kept=True)
+    apply_plan(model, plan, optimizer=opt)
     assert model(X).shape == (4, 3)
 
 
@@ -295,3 +327,169 @@ def test_inference_tensor_weights_are_refused_before_anything_changes():
     with pytest.raises(ValueError, match="inference tensor"):
         apply_plan(model, plan)
     assert_same(snapshot(model), before)
+
+
+# ---- memory: pruned tensors hold exactly their values (unless zero_copy) ----------------
+
+def _touched(model, opt=None):
+    """Every tensor surgery may touch: parameters, buffers, grads, optimizer state."""
+    out = {}
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        out[n] = t
+        if getattr(t, "grad", None) is not None:
+            out[n + ".grad"] = t.grad
+        if opt is not None and t in opt.state:
+            for k, v in opt.state[t].items():
+                if torch.is_tensor(v):
+                    out[f"{n}.state.{k}"] = v
+    return out
+
+
+def _assert_compact(tensors):
+    for n, t in tensors.items():
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), n
+        assert t.storage_offset() == 0, n
+    assert sum(t.untyped_storage().nbytes() for t in tensors.values()) == \
+        sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _trained(device):
+    model, _, _ = setup()
+    model.to(device)
+    x = X.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, amsgrad=True)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    model(x).square().mean().backward()
+    g = build_graph(model, x)
+    return model, make_plan(g, random_scores(model, seed=0), ratio=0.5), opt, x
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_pruned_tensors_hold_exactly_their_values(device):
+    model, plan, opt, x = _trained(device)
+    dense = _touched(model, opt)
+    old_ptrs = {n: t.untyped_storage().data_ptr() for n, t in dense.items()}
+    expect = {n: t.clone() for n, t in dense.items()}
+    rec = apply_plan(model, plan, optimizer=opt)
+    after = _touched(model, opt)
+    assert after.keys() == dense.keys()
+    assert all(after[n] is dense[n] for n in dense)  # same objects
+    _assert_compact(after)
+    pruned = {t["name"] for t in rec["tensors"]}
+    for n, t in after.items():
+        base = n.split(".grad")[0].split(".state.")[0]
+        moved = t.untyped_storage().data_ptr() != old_ptrs[n]
+        assert moved == (base in pruned and t.dim() > 0), n  # only pruned tensors move
+    # the values are those of the slow reference (index_select of the kept channels)
+    for t in rec["tensors"]:
+        for suffix in ("", ".grad", ".state.exp_avg", ".state.exp_avg_sq", ".state.max_exp_avg_sq"):
+            n = t["name"] + suffix
+            if n not in expect:
+                continue
+            idx = torch.tensor(t["keep"], device=device)
+            if t["block"] > 1:
+                idx = (idx[:, None] * t["block"] + torch.arange(t["block"], device=device)).reshape(-1)
+            expect[n] = expect[n].index_select(t["dim"], idx)
+    for n, t in after.items():
+        assert torch.equal(t, expect[n]), n
+    assert model(x).shape == (4, 3)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_zero_copy_keeps_the_dense_storages_and_gives_the_same_values(device):
+    model, plan, opt, x = _trained(device)
+    ref_model, ref_plan, ref_opt, _ = _trained(device)
+    dense = _touched(model, opt)
+    old = {n: (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for n, t in dense.items()}
+    apply_plan(model, plan, optimizer=opt, zero_copy=True)
+    apply_plan(ref_model, ref_plan, optimizer=ref_opt)
+    after, ref = _touched(model, opt), _touched(ref_model, ref_opt)
+    for n, t in after.items():
+        assert t is dense[n]
+        assert (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) == old[n], n
+        assert torch.equal(t, ref[n]), n
+    assert sum(t.untyped_storage().nbytes() for t in after.values()) > \
+        sum(t.numel() * t.element_size() for t in after.values())
+    torch.testing.assert_close(model(x), ref_model(x), rtol=0, atol=0)
+
+
+def test_replay_and_load_give_compact_models(tmp_path):
+    import pyprune
+
+    model, g, plan = setup()
+    apply_plan(model, plan)
+    _assert_compact(_touched(model))
+    torch.manual_seed(0)
+    fresh = Net()
+    replay(fresh, history(model))
+    _assert_compact(_touched(fresh))
+    path = tmp_path / "m.pt"
+    pyprune.save(model, path)
+    loaded = pyprune.load(path, Net)
+    _assert_compact(_touched(loaded))
+    torch.testing.assert_close(loaded.eval()(X), model.eval()(X))
+    # the state dict torch.save writes is the pruned size
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    dense_path = tmp_path / "dense.pt"
+    torch.save(Net().state_dict(), dense_path)
+    values = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert (tmp_path / "sd.pt").stat().st_size < values + 16384
+    assert (tmp_path / "sd.pt").stat().st_size < dense_path.stat().st_size
+
+
+def test_a_view_of_a_pruned_tensor_keeps_the_old_storage_alive_not_the_model():
+    model, g, plan = setup()
+    view = model.c1.weight.detach()[:1]  # something outside the model holding the storage
+    dense_bytes = view.untyped_storage().nbytes()
+    before = view.clone()
+    apply_plan(model, plan)
+    assert view.untyped_storage().nbytes() == dense_bytes and torch.equal(view, before)
+    _assert_compact(_touched(model))
+
+
+def test_bad_surgery_flags_are_refused():
+    model, g, plan = setup()
+    before = snapshot(model)
+    for kw in ({"backup": "yes"}, {"zero_copy": 1}):
+        with pytest.raises(TypeError, match=list(kw)[0]):
+            apply_plan(model, plan, **kw)
+        with pytest.raises(TypeError, match=list(kw)[0]):
+            replay(model, [], **kw)
+    assert_same(snapshot(model), before)
+
+
+# ---- Compaction: the undoable batch behind surgery --------------------------------------
+
+@pytest.mark.parametrize("compact_storage", [False, True])
+def test_compaction_runs_and_undoes(compact_storage):
+    from pyprune.ops.select import Compaction, _InPlace, select_channels
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(400, generator=g)
+    off = base[10:10 + 64 * 3].view(64, 3)
+    cl = torch.randn(8, 16, 5, 5, generator=g).to(memory_format=torch.channels_last)
+    w = torch.randn(32, 16, 3, 3, generator=g)
+    pairs = [(w, 0), (w, 1), (off, 0), (cl, 1)]
+    keeps = [torch.arange(0, 32, 3), torch.tensor([1, 4, 5, 7, 15]), torch.arange(0, 64, 5),
+             torch.tensor([0, 2, 3])]
+    tensors = [w, off, cl]
+    before = [(t.clone(), t.shape, t.stride(), t.storage_offset(), t.data_ptr()) for t in tensors]
+    expect = select_channels(pairs, keeps)
+    job = Compaction(pairs, keeps)
+    job.run(backup=True, compact_storage=compact_storage)
+    for (t, *_), e in zip(pairs, expect):
+        assert torch.equal(t, e) and t.stride() == e.stride()
+        if compact_storage:
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    job.undo()
+    for t, (data, shape, stride, offset, ptr) in zip(tensors, before):
+        assert (t.shape, t.stride(), t.storage_offset(), t.data_ptr()) == (shape, stride, offset, ptr)
+        assert torch.equal(t, data)
+    # the former name still works, positionally
+    job = _InPlace("select_channels_", [(w, 0)], torch.tensor([0, 5]), None)
+    job.run()
+    assert w.shape == (2, 16, 3, 3)

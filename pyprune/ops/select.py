@@ -10,7 +10,7 @@ import torch
 from .. import _C
 from ._common import resolve_threads
 
-__all__ = ["select_channels_", "select_channels"]
+__all__ = ["select_channels_", "select_channels", "Compaction"]
 
 Pair = Union[Tuple[torch.Tensor, int], Tuple[torch.Tensor, int, int]]
 Keep = Union[torch.Tensor, Sequence[int], Sequence[torch.Tensor]]
@@ -247,8 +247,11 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     Every tensor keeps its storage and becomes the compacted, dense view of it
     (same memory format: contiguous or channels_last stay so); no second buffer
     is allocated on the CPU.  The storage keeps its old capacity: ``clone()``
-    the result to release it.  Works on parameters and buffers (autograd is
-    bypassed, like ``.data`` assignment).  On CUDA devices the native kernel
+    the result to release it (or use :class:`Compaction` with
+    ``compact_storage=True``).  Works on parameters and buffers: each tensor
+    gets its new layout through ``Tensor.set_`` under ``torch.no_grad()``, so it
+    stays the same object, its version counter is bumped and a leaf gets a fresh
+    gradient accumulator of the new shape.  On CUDA devices the native kernel
     gathers every tensor of the call in one launch into a scratch buffer and
     copies back in a second one, both on the current stream without
     synchronising: the extra device memory is the total compacted size (plus
@@ -261,84 +264,128 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     are refused outside inference mode, where torch forbids changing them in
     place.  Returns the tensors of ``pairs`` (compacted), in order.
     """
-    _InPlace("select_channels_", pairs, keep, threads).run(undoable=False)
+    Compaction(pairs, keep, threads=threads).run(undoable=False)
     return [p[0] for p in pairs]
 
 
-class _InPlace:
-    """One validated :func:`select_channels_` call that can be undone (surgery's rollback).
+class Compaction:
+    """One validated :func:`select_channels_` call over a batch of tensors: run it,
+    in place or into right-sized new storages, and undo it (surgery's rollback).
 
-    The constructor validates everything (nothing is touched on error).  ``run(backup)``
-    compacts; ``undo()`` afterwards (typically after a later failure) puts every tensor
-    back: its storage and layout always, its data when ``backup`` was set, which saves
-    beforehand what the compaction overwrites (``run(undoable=False)``: nothing is
-    kept for an undo, the plain :func:`select_channels_`).  On the CPU the native batch copies the
-    written bytes of every tensor (the first compacted-size bytes from its data pointer)
-    into one buffer it owns; on a CUDA device torch clones the written front of each
-    tensor; the index_select fallback writes nothing in place (it re-points tensors to
-    new storage), so there the original storages are all it needs.
+    Args:
+        pairs, keep, threads: as for :func:`select_channels_`.
+        op: the function name error messages start with.
+
+    The constructor validates everything, with the checks of
+    :func:`select_channels_` (dense, non-overlapping, no inference tensors outside
+    inference mode); nothing is touched on error.  :meth:`run` then compacts every
+    tensor, either
+
+    * in place (``compact_storage=False``, :func:`select_channels_`): each tensor
+      becomes the compacted view of its own storage, which keeps its old capacity
+      (no second buffer on the CPU), or
+    * into new storage (``compact_storage=True``): the kept values of every tensor
+      are copied by one native call into a new storage of exactly the compacted
+      size, the sources are only read, and each tensor is then re-pointed to its
+      new storage; the old storages are freed as soon as nothing else holds them.
+      Extra memory while it runs: the compacted sizes of all tensors (the new
+      storages themselves); nothing needs backing up for :meth:`undo`.
+
+    Either way each tensor gets its new layout through ``Tensor.set_`` under
+    ``torch.no_grad()``: it keeps its identity (a Parameter stays the same
+    object), its version counter is bumped (autograd refuses saved copies of the
+    old tensor), and autograd gives a leaf a fresh gradient accumulator of the new
+    shape at its next use (a graph recorded before the call holds the old one).
+
+    :meth:`undo` afterwards (typically after a later failure) puts every tensor
+    back: its storage and layout always; its data too when the compaction did not
+    overwrite it (``compact_storage=True``, or off the CPU and CUDA) or ``backup``
+    saved what it overwrote (on the CPU the native batch copies the first
+    compacted-size bytes of every tensor into one buffer it owns; on a CUDA device
+    torch clones the written front of each tensor).  ``run(undoable=False)``
+    keeps nothing for an undo (the plain :func:`select_channels_`).
     """
 
-    def __init__(self, op: str, pairs: Sequence[Pair], keep: Keep, threads: Optional[int]) -> None:
+    def __init__(self, pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int] = None,
+                 op: str = "select_channels_") -> None:
         self.nthreads = resolve_threads(op, threads)
         self.tensors, self.sels, self.batch, self.device = _validate(op, pairs, keep, in_place=True)
         self._native = bool(self.tensors) and (self.device.type == "cpu" or _native_cuda(self.device))
-        # None until run() starts; then per tensor (storage, offset, sizes, strides,
-        # overwritten front or None), or [] on the CPU (the batch has all of it)
+        # None until run() starts; then per tensor (storage, offset, sizes, strides)
         self._saved: Optional[list] = None
+        self._fronts: Optional[list] = None  # CUDA in place with backup: the overwritten fronts
         self._snapshot = False
 
-    def run(self, backup: bool = False, undoable: bool = True) -> None:
-        tensors, batch = self.tensors, self.batch
+    def run(self, backup: bool = False, undoable: bool = True, *, compact_storage: bool = False) -> None:
+        """Compacts every tensor (see the class docstring); ``backup`` matters only in
+        place on the CPU or CUDA, where the data is overwritten."""
+        tensors = self.tensors
         if not tensors:
             return
+        if undoable:
+            self._saved = [(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+                           for t in tensors]
+        if not self._native:  # index_select into new tensors: nothing is overwritten
+            targets = [(n.untyped_storage(), n.storage_offset(), n.size(), n.stride())
+                       for n in (_fallback(t, s) for t, s in zip(tensors, self.sels))]
+        elif compact_storage:
+            targets = self._copy_out()
+        else:
+            targets = self._in_place(backup and undoable)
+        with torch.no_grad():
+            for t, target in zip(tensors, targets):
+                t.set_(*target)
+
+    def _copy_out(self) -> list:
+        outs = [torch.empty_strided(sizes, strides, dtype=t.dtype, device=self.device)
+                for t, (sizes, strides) in zip(self.tensors, self.batch.layouts())]
+        dsts = [out.data_ptr() for out in outs]
         if self.device.type == "cpu":
-            if backup and undoable:
+            self.batch.run_cpu(dsts, self.nthreads)
+        else:
+            _cuda_launch(self.device, self.batch, dsts)
+        return [(out.untyped_storage(), 0, out.size(), out.stride()) for out in outs]
+
+    def _in_place(self, backup: bool) -> list:
+        tensors, batch = self.tensors, self.batch
+        layouts = batch.layouts()
+        if self.device.type == "cpu":
+            if backup:
                 batch.snapshot(self.nthreads)
                 self._snapshot = True
-            if undoable:
-                self._saved = []
             batch.run_cpu(None, self.nthreads)
         else:
-            if undoable:
-                self._saved = self._save_device(backup)
-            if self._native:
-                _cuda_launch(self.device, batch, None)
-            else:
-                news = [_fallback(t, s) for t, s in zip(tensors, self.sels)]
+            if backup:  # keep what the compaction overwrites: the front of each tensor
                 with torch.no_grad():
-                    for t, new in zip(tensors, news):
-                        t.set_(new)
-                return
-        with torch.no_grad():  # same storage and offset, the compacted sizes and strides
-            batch.apply_layouts(tensors, False)
-
-    def _save_device(self, backup: bool) -> list:
-        saved = []
-        with torch.no_grad():
-            for t, (sizes, _) in zip(self.tensors, self.batch.layouts()):
-                front = None
-                if backup and self._native:  # compacted in place: keep what it overwrites
-                    front = t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(),
-                                                (math.prod(sizes),)).clone()
-                saved.append((t.untyped_storage(), t.storage_offset(), t.size(), t.stride(), front))
-        return saved
+                    self._fronts = [t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(),
+                                                        (math.prod(sizes),)).clone()
+                                    for t, (sizes, _) in zip(tensors, layouts)]
+            _cuda_launch(self.device, batch, None)
+        return [(t.untyped_storage(), t.storage_offset(), sizes, strides)
+                for t, (sizes, strides) in zip(tensors, layouts)]
 
     def undo(self) -> None:
-        """Puts every tensor back as it was before :meth:`run` (its data only if ``run``
-        had ``backup``); nothing to do if ``run`` never started."""
+        """Puts every tensor back as it was before :meth:`run` (see the class
+        docstring for when its data comes back too); nothing to do if ``run``
+        never started."""
         if self._saved is None:
             return
         with torch.no_grad():
-            if self.device.type == "cpu":
-                self.batch.apply_layouts(self.tensors, True)
-                if self._snapshot:
-                    self.batch.restore(self.nthreads)
-                return
-            for t, (storage, offset, size, stride, front) in zip(self.tensors, self._saved):
-                t.set_(storage, offset, size, stride)
-                if front is not None:
-                    t.new_empty(0).set_(storage, offset, (front.numel(),)).copy_(front)
+            for t, saved in zip(self.tensors, self._saved):
+                t.set_(*saved)
+            if self._snapshot:
+                self.batch.restore(self.nthreads)
+            if self._fronts is not None:
+                for (storage, offset, _, _), front in zip(self._saved, self._fronts):
+                    torch.empty(0, dtype=front.dtype, device=front.device).set_(
+                        storage, offset, (front.numel(),)).copy_(front)
+
+
+class _InPlace(Compaction):
+    """The former name of :class:`Compaction` (positional ``op, pairs, keep, threads``)."""
+
+    def __init__(self, op: str, pairs: Sequence[Pair], keep: Keep, threads: Optional[int]) -> None:
+        super().__init__(pairs, keep, threads=threads, op=op)
 
 
 def select_channels(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int] = None) -> List[torch.Tensor]:
