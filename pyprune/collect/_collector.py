@@ -37,10 +37,10 @@ def _batch_inputs(batch: Any, index: int, input_fn: Optional[Callable[[Any], Any
             raise ValueError(f"data: batch {index} is a dict without an 'input'/'image' key "
                              f"(keys {sorted(map(str, batch))}); pass input_fn=")
     else:
-        raise ValueError(f"data must yield tensors or (inputs, targets) tuples/lists, batch {index} "
-                         f"is {type(batch).__name__}")
+        raise TypeError(f"data must yield tensors or (inputs, targets) tuples/lists, batch {index} "
+                        f"is {type(batch).__name__}")
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"data: the inputs of batch {index} must be a tensor, got {type(x).__name__}")
+        raise TypeError(f"data: the inputs of batch {index} must be a tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[0] == 0:
         raise ValueError(f"data: batch {index} has shape {tuple(x.shape)}; expected a non-empty "
                          f"batch [N, ...]")
@@ -58,7 +58,7 @@ def iter_batches(data: Any, *, num_images: Optional[int] = 500,
     input tensor.  The last batch is sliced so that exactly ``num_images`` images are
     used (``None``: all of them).  When ``example_inputs`` is a tensor, every batch must
     have its number of dims and its channels (dim 1).  Bad ``data`` is a ``ValueError``
-    naming ``data``.
+    naming ``data`` (a ``TypeError`` for ``data`` or a batch of the wrong type).
     """
     if data is None:
         raise ValueError("data is required: an iterable of batches (tensors, (inputs, targets) "
@@ -71,7 +71,8 @@ def iter_batches(data: Any, *, num_images: Optional[int] = 500,
     try:
         it = iter(data)
     except TypeError:
-        raise ValueError(f"data must be an iterable of batches, got {type(data).__name__}") from None
+        raise TypeError(f"data must be an iterable of batches (tensors, (inputs, targets) pairs "
+                        f"or a DataLoader), got {type(data).__name__}") from None
     ref = example_inputs if isinstance(example_inputs, torch.Tensor) else None
     seen = 0
     index = -1

@@ -224,27 +224,42 @@ def test_activations_are_not_kept():
 
 
 # bad inputs: one clear error, model unchanged ---------------------------------------
-@pytest.mark.parametrize("data, match", [
-    (None, "data is required"),
-    ([], "data is empty"),
-    (iter([]), "data is empty"),
-    (5, "data must be an iterable"),
-    ([torch.randn(4, 5, 8, 8)], "data: batch 0 has shape"),
-    ([torch.randn(4, 3, 8)], "data: batch 0 has shape"),
-    ([torch.randn(4, 3, 8, 8), "x"], "batch 1"),
-    ([torch.zeros(0, 3, 8, 8)], "data: batch 0 has shape"),
-])
-@pytest.mark.parametrize("method", ["hrank", "apoz", "activation"])
-def test_bad_data(data, match, method):
+BAD_DATA = [
+    (None, ValueError, "data is required"),
+    ([], ValueError, "data is empty"),
+    (iter([]), ValueError, "data is empty"),
+    (5, TypeError, "data must be an iterable"),
+    ([torch.randn(4, 5, 8, 8)], ValueError, "data: batch 0 has shape"),
+    ([torch.randn(4, 3, 8)], ValueError, "data: batch 0 has shape"),
+    ([torch.randn(4, 3, 8, 8), "x"], TypeError, "batch 1"),
+    ([torch.zeros(0, 3, 8, 8)], ValueError, "data: batch 0 has shape"),
+]
+
+
+@pytest.mark.parametrize("data, exc, match", BAD_DATA)
+@pytest.mark.parametrize("stat", ["rank", "apoz", "mean"])
+def test_bad_data_collect(data, exc, match, stat):
     model = Net().train()
     state = _state(model)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(exc, match=match):
+        collect(model, data, (stat,), example_inputs=X, progress=False)
+    assert _same_state(model, state) and model.training
+    assert all(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("data, exc, match", BAD_DATA)
+@pytest.mark.parametrize("method", ["hrank", "apoz", "activation"])
+def test_bad_data_api(data, exc, match, method):
+    # the API may check `data` itself first: one clear error naming data either way
+    model = Net().train()
+    state = _state(model)
+    with pytest.raises((ValueError, TypeError), match="data"):
         pyprune.scores(model, X, method=method, data=data, progress=False)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match="data"):
         pyprune.prune(model, X, method=method, data=data, progress=False)
     assert _same_state(model, state) and model.training
     assert all(m.training for m in model.modules())
-    assert not model.relu1._forward_hooks
 
 
 def test_wrong_shape_forward_failure_names_data():
@@ -273,7 +288,7 @@ def test_bad_options():
         collect(model, _data(), num_images=0)
     with pytest.raises(ValueError, match="statistics"):
         collect(model, _data(), ("var",))
-    with pytest.raises(TypeError, match="does not take"):
+    with pytest.raises(TypeError, match="bogus"):
         pyprune.scores(model, X, method="hrank", data=_data(), bogus=1)
 
 
