@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .graph import DependencyGraph, Group
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .budget import Budget
 
 __all__ = ["PlanConfig", "Plan", "make_plan", "group_scores"]
 
@@ -88,12 +91,15 @@ class Plan:
     """Keep-indices (sorted, unique, int64) per pruned group, into ``0 .. group.size-1``.
 
     Groups absent from ``keep`` are left whole.  ``skipped`` says why a prunable
-    group was left whole (ignored, no scores).
+    group was left whole (ignored, no scores).  ``budget`` (plain data) describes a
+    budget search: ``kind``, ``target``, ``achieved`` (fractions of the dense model),
+    ``met``, ``reachable_min``, ``mode``, ``normalize``, ``evaluations``.
     """
 
     keep: Dict[int, torch.Tensor]
     graph: DependencyGraph
     skipped: Dict[int, str] = field(default_factory=dict)
+    budget: Optional[Dict[str, Any]] = None
 
     @property
     def num_removed(self) -> int:
@@ -351,17 +357,40 @@ def _resolve_ignored(graph: DependencyGraph, ignore: Sequence[Union[str, nn.Modu
 
 
 def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
-              config: Optional[PlanConfig] = None, **overrides: Any) -> Plan:
+              config: Optional[PlanConfig] = None, *, budget: Optional["Budget"] = None,
+              budget_mode: str = "global", **overrides: Any) -> Plan:
     """Keep-indices per group from per-channel ``scores`` (see :class:`PlanConfig`).
 
     ``overrides`` are :class:`PlanConfig` fields, e.g. ``make_plan(g, s, ratio=0.3)``.
+
+    ``budget`` (a :class:`pyprune.budget.Budget`): instead of ``ratio``, remove channels
+    of every prunable group not named in ``layer_ratios`` until the model keeps
+    ``budget.target`` of its FLOPs or parameters (within :data:`pyprune.budget.TOLERANCE`,
+    else a :class:`ValueError` naming the closest reachable value, or ``plan.budget["met"]``
+    False when ``round_to`` steps are too coarse).  ``budget_mode``:
+
+    * ``"global"`` (default): channels are removed lowest score first across all groups,
+      each group's scores divided by their ``config.normalize`` statistic (``"mean"``,
+      ``"max"``, ``"sum"``, or raw scores for ``None``): one global threshold, so the
+      criterion decides how wide each layer stays;
+    * ``"uniform"``: every group removes the same fraction of its channels, to within
+      one channel (groups take turns in the order of ``(j + 1) / size``, where a group's
+      ``j``-th removal falls), so any budget is reached at one-channel granularity.
+
+    Either way a group keeps at least ``min_channels`` channels per layer; ``round_to``
+    applies to the keep counts.
     """
+    if budget_mode not in ("global", "uniform"):
+        raise ValueError(f"budget_mode must be 'global' or 'uniform', got {budget_mode!r}")
     if config is None:
         config = PlanConfig(**overrides)
     elif overrides:
         kw = {f: getattr(config, f) for f in PlanConfig.field_names()}
         kw.update(overrides)
         config = PlanConfig(**kw)
+    if budget is not None and config.global_ratio is not None:
+        raise ValueError("give a budget (flops= / params=) or global_ratio, not both; "
+                         f"got global_ratio={config.global_ratio!r}")
     flat = group_scores(graph, scores, config.reduce)
     ignored = _resolve_ignored(graph, config.ignore)
     layer_ratio: Dict[int, float] = {}
@@ -387,7 +416,7 @@ def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
         if g.id in unscored:
             skipped[g.id] = "no scores for some of its channels"
             continue
-        if config.global_ratio is not None and g.id not in layer_ratio:
+        if (config.global_ratio is not None or budget is not None) and g.id not in layer_ratio:
             global_pool.append(g)
             continue
         r = layer_ratio.get(g.id, config.ratio)
@@ -395,14 +424,131 @@ def make_plan(graph: DependencyGraph, scores: Mapping[str, Any],
         if k < g.size:
             top.append((g, k))
     keep.update(_top_groups(graph, flat, top))
-    if global_pool:
+    budget_info: Optional[Dict[str, Any]] = None
+    if budget is not None:
+        limits = _limits(graph, config, skipped, layer_ratio)
+        keep, budget_info = _budget_plan(graph, global_pool, flat, config, keep, budget,
+                                         budget_mode, limits)
+    elif global_pool:
         keep.update(_global(graph, global_pool, flat, config))
     if keep:
         _repair(graph, keep, flat, config)
     for gid in list(keep):
         if keep[gid].numel() >= graph.groups[gid].size:
             del keep[gid]
-    return Plan(keep, graph, skipped)
+    return Plan(keep, graph, skipped, budget_info)
+
+
+def _limits(graph: DependencyGraph, cfg: PlanConfig, skipped: Dict[int, str],
+            layer_ratio: Dict[int, float]) -> str:
+    """What keeps a budget search from removing more (for its error message)."""
+    parts = [f"min_channels={cfg.min_channels}"]
+    if cfg.round_to > 1:
+        parts.append(f"round_to={cfg.round_to}")
+    n_ign = sum(1 for r in skipped.values() if r == "ignored")
+    if n_ign:
+        parts.append(f"{n_ign} ignored group(s)")
+    if len(skipped) > n_ign:
+        parts.append(f"{len(skipped) - n_ign} group(s) without scores")
+    whole = [g for g in graph.groups if not g.prunable and g.size > 0]
+    if whole:
+        parts.append(f"{len(whole)} group(s) ({sum(g.size for g in whole)} channels) the graph "
+                     "keeps whole (model outputs, coupling it cannot prune; see graph.explain())")
+    if layer_ratio:
+        parts.append(f"{len(layer_ratio)} group(s) fixed by layer_ratios")
+    return ", ".join(parts)
+
+
+def _budget_plan(graph: DependencyGraph, pool: List[Group], flat: torch.Tensor,
+                 cfg: PlanConfig, fixed: Dict[int, torch.Tensor], budget: "Budget",
+                 mode: str, limits: str) -> Tuple[Dict[int, torch.Tensor], Dict[str, Any]]:
+    """Keep-indices of every group (``fixed`` ones as given) meeting ``budget``, with the
+    groups of ``pool`` pruned in one removal order (see :func:`make_plan`)."""
+    from .budget import search  # plan -> budget: the cost model and the bisection
+
+    n_groups = len(graph.groups)
+    sizes = np.array([g.size for g in pool], dtype=np.int64)
+    floors = np.minimum(np.maximum(cfg.min_channels, 1), sizes)
+    offsets = np.array([g.offset for g in pool], dtype=np.int64)
+    scores = flat.numpy()
+    chan = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets, sizes)]) \
+        if pool else np.zeros(0, np.int64)  # the pool's flat channels, group after group
+    owner = np.repeat(np.arange(len(pool), dtype=np.int64), sizes)
+    starts = np.cumsum(sizes) - sizes
+    # removal rank of each channel within its group: 0 = removed first.  Channels are
+    # kept highest score first, ties to the lower index (as _top), so removed in the
+    # reverse of that order.
+    s_pool = scores[chan]
+    by_keep = np.lexsort((chan, -s_pool, owner))  # per group: kept-first order
+    removal_rank = np.empty(chan.size, dtype=np.int64)
+    removal_rank[by_keep] = sizes[owner] - 1 - (np.arange(chan.size) - starts[owner])
+    eligible = removal_rank < (sizes - floors)[owner]
+    if mode == "global":
+        norm = s_pool.copy()
+        if cfg.normalize is not None:
+            absd = np.abs(s_pool)
+            if cfg.normalize == "mean":
+                d = np.bincount(owner, weights=absd, minlength=len(pool)) / np.maximum(sizes, 1)
+            elif cfg.normalize == "sum":
+                d = np.bincount(owner, weights=absd, minlength=len(pool))
+            else:
+                d = np.zeros(len(pool))
+                np.maximum.at(d, owner, absd)
+            d = np.where(d > 0, d, 1.0)
+            norm = s_pool / d[owner]
+        el = np.flatnonzero(eligible)
+        # lowest normalized score first; within a group the removal rank decides
+        order = el[np.lexsort((removal_rank[el], norm[el]))]
+        event_group = owner[order]
+    else:
+        n_ev = sizes - floors
+        ev_owner = np.repeat(np.arange(len(pool), dtype=np.int64), n_ev)
+        ev_j = np.arange(int(n_ev.sum()), dtype=np.int64) - np.repeat(np.cumsum(n_ev) - n_ev, n_ev)
+        key = (ev_j + 1) / sizes[ev_owner]
+        event_group = ev_owner[np.lexsort((ev_owner, key))]
+    n_steps = int(event_group.size)
+    base = _kept_mask(graph, fixed).numpy()
+    pool_gids = [g.id for g in pool]
+    layouts, _, lidx = _layouts(graph)
+    lens = [len(t) for t in layouts]
+
+    def build(k: int) -> np.ndarray:
+        removed = np.bincount(event_group[:k], minlength=len(pool))
+        n_keep = sizes - removed
+        if cfg.round_to > 1:
+            n_keep = np.minimum(sizes, -(-n_keep // cfg.round_to) * cfg.round_to)
+        mask = base.copy()
+        mask[chan[removal_rank < (sizes - n_keep)[owner]]] = False
+        pruned = [gid for gid, r in zip(pool_gids, (sizes - n_keep).tolist()) if r > 0]
+        pruned += list(fixed)
+        if layouts and pruned and _short(graph, lidx, lens, torch.from_numpy(mask),
+                                         dict.fromkeys(pruned), cfg.min_channels):
+            keep = _keep_from_mask(graph, mask, pruned)
+            _repair(graph, keep, flat, cfg)
+            mask = _kept_mask(graph, keep).numpy()
+        return mask
+
+    res = search(n_steps, build, budget, limits)
+    touched = set(pool_gids) | set(fixed)
+    keep = _keep_from_mask(graph, res.mask, [gid for gid in touched
+                                              if not res.mask[graph.groups[gid].offset:
+                                                              graph.groups[gid].offset
+                                                              + graph.groups[gid].size].all()])
+    info = {"kind": budget.kind, "target": float(budget.target), "achieved": res.achieved,
+            "met": res.met, "reachable_min": res.reachable_min, "mode": mode,
+            "normalize": cfg.normalize if mode == "global" else None,
+            "evaluations": res.evaluations, "removed_in_order": res.k, "order_length": n_steps}
+    return keep, info
+
+
+def _keep_from_mask(graph: DependencyGraph, mask: np.ndarray,
+                    gids: Sequence[int]) -> Dict[int, torch.Tensor]:
+    """``{group id: kept local indices}`` of the groups ``gids`` under a flat kept mask."""
+    out: Dict[int, torch.Tensor] = {}
+    for gid in gids:
+        g = graph.groups[gid]
+        out[gid] = torch.from_numpy(np.flatnonzero(mask[g.offset:g.offset + g.size]))
+    return out
 
 
 def _global(graph: DependencyGraph, groups: List[Group], flat: torch.Tensor,

@@ -155,7 +155,7 @@ def test_scores_of_conv_transpose_follow_output_channels():
     torch.testing.assert_close(s, expect)
 
 
-@pytest.mark.parametrize("method", ["hrank", "slim", "nope"])
+@pytest.mark.parametrize("method", ["hrank_v2", "Slim", "nope", ""])
 def test_unknown_methods_list_the_supported_ones(method):
     for fn in (lambda: api.prune(small_net(), X, method),
                lambda: api.scores(small_net(), X, method)):
@@ -166,7 +166,7 @@ def test_unknown_methods_list_the_supported_ones(method):
 def test_criteria_registry_plugs_in_new_methods():
     calls = []
 
-    @criteria.register("first_channels")
+    @criteria.register("first_channels", data="optional")
     def first(model, example_inputs, data=None, bias=1.0):
         calls.append(data)
         return {n: -torch.arange(m.out_channels, dtype=torch.float32) * bias
@@ -174,8 +174,8 @@ def test_criteria_registry_plugs_in_new_methods():
 
     try:
         model = small_net()
-        api.prune(model, X, "first_channels", 0.5, data="batches", bias=2.0)
-        assert calls == ["batches"]
+        api.prune(model, X, "first_channels", 0.5, data=["batches"], bias=2.0)
+        assert calls == [["batches"]]
         assert model[0].out_channels == 4
         assert torch.equal(model[0].weight, small_net()[0].weight[:4])
     finally:

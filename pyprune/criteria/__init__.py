@@ -23,12 +23,14 @@ tells the orchestrator how to drive it without special cases per name:
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["CRITERIA", "Criterion", "CriterionInfo", "register", "get", "info", "compute"]
+__all__ = ["CRITERIA", "Criterion", "CriterionInfo", "register", "get", "info", "options",
+           "compute"]
 
 Criterion = Callable[..., Dict[str, torch.Tensor]]
 
@@ -85,6 +87,24 @@ def get(name: str) -> Criterion:
     except (KeyError, TypeError):
         raise ValueError(f"unknown pruning method {name!r}; supported methods: "
                          f"{', '.join(sorted(CRITERIA))}") from None
+
+
+def options(name: str) -> Optional[Tuple[str, ...]]:
+    """Names of the keyword options criterion ``name`` takes (its parameters after
+    ``model`` and ``example_inputs``, less ``data``), or None when it takes any
+    (``**options``).  ValueError if the criterion is unknown."""
+    fn = get(name)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a callable without a signature: accept anything
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                              inspect.Parameter.KEYWORD_ONLY)]
+    positional = [p for p in named if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    skip = {p.name for p in positional[:2]} | {"data"}
+    return tuple(p.name for p in named if p.name not in skip)
 
 
 def compute(name: str, model: torch.nn.Module, example_inputs: Any, data: Any = None,

@@ -1,0 +1,218 @@
+"""FLOPs and parameter budgets: analytic counts of a candidate plan, and the search.
+
+``pyprune.prune(..., flops=0.5)`` keeps 50% of the model's FLOPs and ``params=0.3``
+30% of its parameters, both as counted by :func:`pyprune.profile` on the model given
+to ``prune`` (so a second ``prune`` of a pruned model takes fractions of the pruned
+model).  Planning with a budget never runs surgery on a trial: a :class:`CostModel`
+gives the parameter and FLOP count of any kept-channel mask from the graph's members
+and one dense profile:
+
+* every parameter that is a graph member has, along each member dim, ``block x (kept
+  channels of that member's layout)`` entries, and its dense size along other dims;
+  ``params`` is the sum over the model's parameters (each once);
+* every layer with MACs in the dense profile (conv, linear, transposed conv) has MACs
+  proportional to its weight's number of elements (the spatial size and the number of
+  calls do not change when channels are removed), so its pruned MACs are
+  ``dense MACs x pruned weight numel / dense weight numel``; other layers keep their
+  dense MACs.  FLOPs are ``2 x MACs`` as in :func:`pyprune.profile`.
+
+The search (:func:`search`) walks one *removal order* of channels (see
+:func:`pyprune.plan.make_plan`): the first ``k`` channels of the order are removed
+(then ``round_to`` and ``min_channels`` are applied), and the count is monotone in
+``k``, so a bisection over ``k`` finds the plan closest to the target at one-channel
+granularity in ``log2(channels)`` evaluations of the cost model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .graph import DependencyGraph
+from .profile import Profile
+
+__all__ = ["CostModel", "Budget", "BudgetResult", "search", "TOLERANCE", "KINDS", "MODES"]
+
+#: A budget is met when ``|achieved / target - 1| <= TOLERANCE``.
+TOLERANCE = 0.01
+#: What a budget can target.
+KINDS = ("flops", "params")
+#: How the budget search orders channels: ``"global"`` (one threshold over normalized
+#: scores of all groups) or ``"uniform"`` (every group the same fraction, within one channel).
+MODES = ("global", "uniform")
+
+
+class CostModel:
+    """Parameters and FLOPs of ``model`` as a function of the kept channels of ``graph``.
+
+    ``dense`` is :func:`pyprune.profile` of the unpruned ``model`` (on the same inputs
+    the graph was traced with).  :meth:`evaluate` takes a bool mask over the graph's
+    flat channels (True: kept) and returns ``(params, flops)`` exactly as
+    :func:`pyprune.profile` would count them on the model pruned to that mask.
+    """
+
+    def __init__(self, graph: DependencyGraph, model: nn.Module, dense: Profile) -> None:
+        self.dense_params = int(dense.params)
+        self.dense_flops = int(dense.flops)
+        maps = graph.channel_maps
+        lens = np.array([int(m.numel()) for m in maps], dtype=np.int64)
+        self._idx = (torch.cat(list(maps)).numpy() if maps else np.zeros(0, np.int64))
+        self._seg = np.repeat(np.arange(len(maps), dtype=np.int64), lens)
+        self._n_layouts = len(maps)
+        members: Dict[str, List[Tuple[int, int, int]]] = {}  # tensor -> (dim, layout, block)
+        for m in graph.tensor_members:
+            members.setdefault(m.name, []).append((m.dim, graph.map_id(m), m.block))
+        macs_of: Dict[str, int] = {}
+        for layer in dense.layers:
+            if layer.macs:
+                macs_of[layer.name] = macs_of.get(layer.name, 0) + int(layer.macs)
+        params = dict(model.named_parameters())  # canonical names, each parameter once
+        const_params = 0
+        const_macs = 0.0
+        rows: List[Tuple[float, float, List[Tuple[int, int]]]] = []  # (p weight, macs/numel, dims)
+        weight_of_layer = {f"{name}.weight": name for name in macs_of}
+        claimed = set()
+        for name, p in params.items():
+            layer = weight_of_layer.get(name)
+            mac_factor = 0.0
+            if layer is not None and p.numel() > 0:
+                mac_factor = macs_of[layer] / p.numel()
+                claimed.add(layer)
+            dims = members.get(name)
+            if not dims:
+                const_params += p.numel()
+                const_macs += mac_factor * p.numel()
+                continue
+            fixed = 1
+            var: List[Tuple[int, int]] = []
+            member_dims = {d for d, _, _ in dims}
+            for d, size in enumerate(p.shape):
+                if d not in member_dims:
+                    fixed *= int(size)
+            for d, lid, block in dims:
+                if d < p.dim():
+                    var.append((lid, block))
+            rows.append((float(fixed), mac_factor, var))
+        for layer, macs in macs_of.items():
+            if layer not in claimed:  # MACs not tied to a weight named "<layer>.weight"
+                const_macs += macs
+        width = max((len(v) for _, _, v in rows), default=0)
+        # padded (tensor x member dim) tables; padding uses a virtual layout of count 1
+        self._lid = np.full((len(rows), max(width, 1)), self._n_layouts, dtype=np.int64)
+        self._block = np.ones((len(rows), max(width, 1)), dtype=np.float64)
+        for i, (_, _, var) in enumerate(rows):
+            for j, (lid, block) in enumerate(var):
+                self._lid[i, j] = lid
+                self._block[i, j] = block
+        self._fixed = np.array([r[0] for r in rows], dtype=np.float64)
+        self._mac_factor = np.array([r[1] for r in rows], dtype=np.float64)
+        self._const_params = const_params
+        self._const_macs = const_macs
+
+    def evaluate(self, mask: Any) -> Tuple[int, int]:
+        """``(params, flops)`` of the model pruned to ``mask`` (bool, one per flat channel)."""
+        m = np.asarray(mask.numpy() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+        counts = np.bincount(self._seg[m[self._idx]], minlength=self._n_layouts)
+        counts = np.append(counts.astype(np.float64), 1.0)  # the padding layout
+        numel = self._fixed * np.prod(counts[self._lid] * self._block, axis=1)
+        params = self._const_params + float(numel.sum())
+        macs = self._const_macs + float((numel * self._mac_factor).sum())
+        return int(round(params)), 2 * int(round(macs))
+
+    def fractions(self, mask: Any) -> Dict[str, float]:
+        """``{"params": kept fraction, "flops": kept fraction}`` for ``mask``."""
+        p, f = self.evaluate(mask)
+        return {"params": p / self.dense_params if self.dense_params else 1.0,
+                "flops": f / self.dense_flops if self.dense_flops else 1.0}
+
+
+@dataclass
+class Budget:
+    """A target fraction of the dense FLOPs or parameters (``kind`` one of :data:`KINDS`)."""
+
+    kind: str
+    target: float
+    cost: CostModel
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"budget kind must be one of {KINDS}, got {self.kind!r}")
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) \
+                or not 0.0 < float(self.target) <= 1.0:
+            raise ValueError(f"{self.kind} must be a number in (0, 1], got {self.target!r}")
+        if self.kind == "flops" and self.cost.dense_flops == 0:
+            raise ValueError("flops: the model has no FLOPs that pyprune.profile counts "
+                             "(no conv / linear module calls), so a FLOPs budget cannot apply")
+
+    def value(self, mask: Any) -> float:
+        return self.cost.fractions(mask)[self.kind]
+
+
+@dataclass
+class BudgetResult:
+    """What the search found: removed channel count ``k`` in the order, the kept mask,
+    the achieved fraction, and the smallest reachable fraction (all channels of the
+    order removed)."""
+
+    k: int
+    mask: np.ndarray
+    achieved: float
+    reachable_min: float
+    evaluations: int
+
+    @property
+    def met(self) -> bool:
+        return abs(self.achieved / self.target - 1.0) <= TOLERANCE
+
+    target: float = 1.0
+
+
+def search(n_steps: int, build: Callable[[int], np.ndarray], budget: Budget,
+           limits: str = "") -> BudgetResult:
+    """Bisect ``k`` in ``0 .. n_steps`` for the plan ``build(k)`` (a kept mask) closest to
+    ``budget.target``; ``build(k)`` must keep fewer channels as ``k`` grows.
+
+    Raises ValueError naming the closest reachable value when even ``build(n_steps)``
+    keeps more than the target allows (``limits`` says what limits pruning).
+    """
+    evals = 0
+    cache: Dict[int, Tuple[np.ndarray, float]] = {}
+
+    def at(k: int) -> Tuple[np.ndarray, float]:
+        nonlocal evals
+        if k not in cache:
+            mask = build(k)
+            cache[k] = (mask, budget.value(mask))
+            evals += 1
+        return cache[k]
+
+    target = float(budget.target)
+    lo_mask, lo_val = at(0)
+    hi_mask, hi_val = at(n_steps)
+    if hi_val > target * (1.0 + TOLERANCE):
+        raise ValueError(
+            f"{budget.kind}={target:g} is not reachable: the most pruning allowed keeps "
+            f"{hi_val:.4f} of the model's {'FLOPs' if budget.kind == 'flops' else 'parameters'}"
+            f" (the closest reachable value is {budget.kind}={hi_val:.4f}"
+            f"{'; limited by ' + limits if limits else ''})")
+    if lo_val <= target:
+        best = 0
+    else:
+        lo, hi = 0, n_steps  # invariant: value(lo) > target >= value(hi)
+        if hi_val > target:
+            best = n_steps
+        else:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if at(mid)[1] > target:
+                    lo = mid
+                else:
+                    hi = mid
+            # the closer of the two neighbours (ties: the one within the target)
+            best = hi if abs(at(hi)[1] - target) <= abs(at(lo)[1] - target) else lo
+    mask, val = at(best)
+    return BudgetResult(best, mask, val, hi_val, evals, target)
