@@ -14,7 +14,7 @@ from torch import fx
 from ._core import (AttrMember, GraphState, Node, TensorMember, TensorShape, find_root, map_nodes,
                     module_dict)
 from ._eager import DataDependent, trace_eager
-from .handlers import Context, _elementwise, lookup, unknown
+from .handlers import READS_PARAMETERS, Context, _elementwise, lookup, unknown
 
 __all__ = ["GraphError", "Group", "DependencyGraph", "build_graph"]
 
@@ -589,7 +589,7 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
             for pname, p in list(target.named_parameters()) + list(target.named_buffers()):
                 if id(p) in param_names:
                     state.opaque_tensors.setdefault(param_names[id(p)], why_op)
-        if reads_attrs and handler is not _elementwise:
+        if reads_attrs and handler is not _elementwise and handler not in READS_PARAMETERS:
             for a in node.all_input_nodes:
                 if a.op == "get_attr":
                     obj = tensors_by_name.get(str(a.target))

@@ -145,12 +145,18 @@ class TensorMember:
 
 @dataclass
 class AttrMember:
-    """A module attribute equal to ``block * (number of channels kept)``."""
+    """A module attribute equal to ``block * (number of channels kept)``.
+
+    ``index`` is None for an int attribute (``out_channels``); for a tuple attribute
+    (``nn.LayerNorm.normalized_shape``) it is the entry that counts the channels, the
+    others staying as they are.
+    """
 
     module: str
     attr: str
     block: int
     elems: Tuple[int, ...]
+    index: Optional[int] = None
 
 
 def find_root(parent: List[int], e: int) -> int:
@@ -228,12 +234,13 @@ class GraphState:
         if module not in m.modules:
             m.modules.append(module)
 
-    def add_attr(self, module: str, attr: str, block: int, elems: Sequence[int]) -> None:
+    def add_attr(self, module: str, attr: str, block: int, elems: Sequence[int],
+                 index: Optional[int] = None) -> None:
         key = (module, attr)
         m = self.attr_members.get(key)
         if m is None:
-            self.attr_members[key] = AttrMember(module, attr, block, tuple(elems))
-        elif m.block == block and len(m.elems) == len(elems):
+            self.attr_members[key] = AttrMember(module, attr, block, tuple(elems), index)
+        elif m.block == block and len(m.elems) == len(elems) and m.index == index:
             self.unify(m.elems, elems)
         else:
             self.freeze(list(m.elems) + list(elems),

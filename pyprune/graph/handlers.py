@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ._core import ChannelInfo, GraphState, Node, TensorShape, map_nodes, module_dict
+from ._eager import SizeInt as SizeIntLike
 
 __all__ = ["HANDLERS", "Context", "Handler", "lookup", "unknown"]
 
@@ -111,12 +112,66 @@ class Context:
         if name is not None:
             self.state.add_tensor(name, dim, block, elems, role, module)
 
-    def add_attr(self, module: str, attr: str, block: int, elems) -> None:
-        self.state.add_attr(module, attr, block, elems)
+    def add_attr(self, module: str, attr: str, block: int, elems,
+                 index: Optional[int] = None) -> None:
+        self.state.add_attr(module, attr, block, elems, index)
+
+    def param_of(self, arg: Any) -> Optional[Tuple[str, torch.Tensor]]:
+        """``(canonical name, tensor)`` when ``arg`` is a ``get_attr`` node reading a
+        parameter or buffer of the model, else None."""
+        if not isinstance(arg, Node) or arg.op != "get_attr":
+            return None
+        try:
+            t = _fetch_attr(self.model, str(arg.target))
+        except AttributeError:
+            return None
+        name = self._param_names.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return None if name is None else (name, t)
 
 
 def _qual(node: Node) -> str:
     return str(node.target)
+
+
+def _cls(m: Any) -> str:
+    """``nn.Conv2d`` for torch.nn classes, the qualified class name for others."""
+    t = type(m)
+    if getattr(nn, t.__name__, None) is t:
+        return f"nn.{t.__name__}"
+    mod = getattr(t, "__module__", "") or ""
+    return f"{mod}.{t.__qualname__}" if mod else t.__qualname__
+
+
+def _op(node: Node, ctx: Optional["Context"] = None) -> str:
+    """The op a node runs, as a user would write it: ``torch.max_pool2d``,
+    ``torch.nn.functional.layer_norm``, ``Tensor.view``, ``operator.add``,
+    ``nn.LayerNorm`` (a module: its class; a TorchScript module says so)."""
+    t = node.target
+    if node.op == "call_module":
+        m = ctx.modules.get(str(t)) if ctx is not None else None
+        if m is None:
+            return f"module {t}"
+        if isinstance(m, torch.jit.ScriptModule):
+            return f"TorchScript module ({type(m).__name__}; original {m.original_name})"
+        return _cls(m)
+    if node.op == "call_method":
+        return f"Tensor.{t}"
+    name = getattr(t, "__name__", None) or str(t)
+    if getattr(torch, name, None) is t:
+        return f"torch.{name}"
+    if getattr(F, name, None) is t:
+        return f"torch.nn.functional.{name}"
+    if getattr(operator, name, None) is t:
+        return f"operator.{name}"
+    mod = getattr(t, "__module__", None)
+    return f"{mod}.{name}" if mod else name
+
+
+def _why(node: Node, text: str, ctx: Optional["Context"] = None) -> str:
+    """A reason: ``"<op>: <text> (at node <name>)"`` (counted per op by
+    :meth:`~pyprune.graph.DependencyGraph.unprunable_ops`)."""
+    where = f"module {node.target}" if node.op == "call_module" else f"node {node.name}"
+    return f"{_op(node, ctx)}: {text} (at {where})"
 
 
 def _describe(node: Node) -> str:
@@ -134,10 +189,10 @@ def unknown(ctx: Context, node: Node, target: Any) -> Result:
     """Default for anything without a handler: its inputs' channels become unprunable."""
     why = ctx.fallbacks.get(str(node.target)) if node.op == "call_module" else None
     if why is not None:
-        ctx.freeze_all(node, f"module {node.target} could not be traced by torch.fx ({why}); "
-                             "it is kept whole")
+        ctx.freeze_all(node, f"{_op(node, ctx)}: could not be traced by torch.fx ({why}); "
+                             f"kept whole (at module {node.target})")
     else:
-        ctx.freeze_all(node, f"unsupported op: {_describe(node)} (node {node.name})")
+        ctx.freeze_all(node, _why(node, "not understood by the graph", ctx))
     return None
 
 
@@ -161,7 +216,7 @@ def _conv(ctx: Context, node: Node, m: nn.modules.conv._ConvNd) -> Result:
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
     in_dim_w, out_dim_w = (0, 1) if transposed else (1, 0)
     if x is not None and x.dim != 1:
-        ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
         x = None
     g = m.groups
     if g == 1:
@@ -261,7 +316,7 @@ def _linear(ctx: Context, node: Node, m: nn.Linear) -> Result:
     if x is not None:
         in_shape = ctx.shape(src)
         if in_shape is None or x.dim != len(in_shape) - 1:
-            ctx.freeze(x, f"{name}: linear layer applied to a dim that is not the channel dim")
+            ctx.freeze(x, f"{_cls(m)}: applied to a dim that is not the channel dim (at {name})")
         else:
             ctx.add_tensor(name, "weight", 1, x.block, x.elems, "in")
             ctx.add_attr(name, "in_features", x.block, x.elems)
@@ -285,7 +340,7 @@ def _norm(ctx: Context, node: Node, m: nn.Module) -> Result:
     if x is None:
         return None
     if x.dim != 1:
-        ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
         return None
     for attr in ("weight", "bias", "running_mean", "running_var"):  # those it has
         ctx.add_tensor(name, attr, 0, x.block, x.elems, "out")
@@ -299,26 +354,208 @@ def _prelu(ctx: Context, node: Node, m: nn.PReLU) -> Result:
     if x is None or m.num_parameters == 1:
         return x
     if x.dim != 1:
-        ctx.freeze(x, f"{name}: channels are not on dim 1 of its input")
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
         return None
     ctx.add_tensor(name, "weight", 0, x.block, x.elems, "out")
     ctx.add_attr(name, "num_parameters", x.block, x.elems)
     return x
 
 
+#: Whether the surgery in use updates tuple attributes (:class:`AttrMember` with an
+#: ``index``, e.g. ``nn.LayerNorm.normalized_shape``).  While False, channels that a
+#: LayerNorm normalises are kept whole (with that reason).
+TUPLE_ATTRS = False
+
+
+def _tie_within(ctx: Context, x: ChannelInfo, groups: int) -> None:
+    """GroupNorm with ``groups`` groups of contiguous channels: tie channel j of every
+    group, so that each group loses the same channels and ``num_groups`` holds."""
+    _tie_groups(ctx.state, x.elems, groups)
+
+
 def _group_norm(ctx: Context, node: Node, m: nn.GroupNorm) -> Result:
     name = _qual(node)
-    x = ctx.info(node.args[0])
+    x = ctx.info(node.args[0] if node.args else node.kwargs.get("input"))
     if x is None:
         return None
-    if m.num_groups != m.num_channels or x.dim != 1:
-        ctx.freeze(x, f"{name}: GroupNorm with {m.num_groups} groups mixes channels")
+    if x.dim != 1 or len(x.elems) * x.block != m.num_channels:
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
         return None
+    if m.num_groups != m.num_channels:
+        if x.block != 1:
+            ctx.freeze(x, f"{_cls(m)}: groups of a flattened map (at {name})")
+            return None
+        _tie_within(ctx, x, m.num_groups)
+    else:
+        ctx.add_attr(name, "num_groups", x.block, x.elems)
     if m.affine:
         ctx.add_tensor(name, "weight", 0, x.block, x.elems, "out")
         ctx.add_tensor(name, "bias", 0, x.block, x.elems, "out")
     ctx.add_attr(name, "num_channels", x.block, x.elems)
-    ctx.add_attr(name, "num_groups", x.block, x.elems)
+    return x
+
+
+def _normalized_dims(ctx: Context, node: Node, x: ChannelInfo, ns: Sequence[Any]
+                     ) -> Optional[bool]:
+    """Whether a layer norm over the trailing dims ``ns`` normalises the channels
+    (True), leaves them alone (False), or mixes them with other dims (None)."""
+    shape = ctx.shape(node)
+    if shape is None:
+        return None
+    if x.dim < len(shape) - len(ns):
+        return False
+    if len(ns) == 1 and x.dim == len(shape) - 1 and x.block == 1:
+        return True
+    return None
+
+
+def _layer_norm(ctx: Context, node: Node, m: nn.LayerNorm) -> Result:
+    """``nn.LayerNorm(C)`` over channels-last features (ConvNeXt, transformers)."""
+    name = _qual(node)
+    x = ctx.info(_arg(node, 0, "input"))
+    if x is None:
+        return None
+    ns = tuple(m.normalized_shape)
+    over = _normalized_dims(ctx, node, x, ns)
+    if over is False:
+        return x
+    if over is None or ns[0] != x.size:
+        ctx.freeze(x, f"{_cls(m)}: normalises the channels together with other dims "
+                      f"(at {name})")
+        return None
+    if not TUPLE_ATTRS:
+        ctx.freeze(x, f"{_cls(m)}: normalized_shape is a tuple attribute the surgery "
+                      f"cannot update yet (at {name})")
+        return x
+    for attr in ("weight", "bias"):  # those it has
+        ctx.add_tensor(name, attr, 0, 1, x.elems, "out")
+    ctx.add_attr(name, "normalized_shape", 1, x.elems, index=0)
+    return x
+
+
+def _owner(ctx: Context, pname: str) -> Tuple[str, Optional[nn.Module]]:
+    mod = pname.rpartition(".")[0]
+    return mod, ctx.modules.get(mod)
+
+
+def _tensor_args(ctx: Context, node: Node, x: ChannelInfo, spec: Sequence[Tuple[int, str]],
+                 why) -> Optional[List[Tuple[str, str]]]:
+    """The per-channel tensors a functional norm reads (``spec``: position, keyword):
+    ``[(canonical name, owner module)]``, or None (channels frozen) when one is not a
+    parameter / buffer of the model of the channels' length."""
+    found: List[Tuple[str, str]] = []
+    for i, kw in spec:
+        a = _arg(node, i, kw)
+        if a is None:
+            continue
+        p = ctx.param_of(a)
+        if p is None or p[1].dim() != 1 or p[1].numel() != x.size:
+            ctx.freeze(x, why(f"its {kw} is not a per-channel parameter or buffer of the "
+                              "model"))
+            for b in node.all_input_nodes:  # and whatever it reads stays whole
+                q = ctx.param_of(b)
+                if q is not None:
+                    ctx.state.opaque_tensors.setdefault(q[0], why(f"reads {q[0]}"))
+            return None
+        found.append((p[0], _owner(ctx, p[0])[0]))
+    return found
+
+
+def _add_owner_attr(ctx: Context, owners: Sequence[str], attr: str, x: ChannelInfo) -> None:
+    """Keep an int attribute of the module owning the parameters (``num_features`` of a
+    custom BatchNorm class) equal to the channel count."""
+    for mod_name in dict.fromkeys(owners):
+        mod = ctx.modules.get(mod_name)
+        v = mod.__dict__.get(attr) if mod is not None else None
+        if type(v) is int and v == x.size:
+            ctx.add_attr(mod_name, attr, x.block, x.elems)
+
+
+def _f_batch_norm(ctx: Context, node: Node, target: Any) -> Result:
+    """``F.batch_norm`` / ``F.instance_norm`` as custom layers call them: the statistics
+    and affine parameters passed in are pruned with the channels."""
+    x = ctx.info(_arg(node, 0, "input"))
+    if x is None:
+        return None
+    why = lambda text: _why(node, text, ctx)  # noqa: E731
+    if x.dim != 1:
+        ctx.freeze(x, why("channels are not on dim 1 of its input"))
+        return None
+    spec = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
+    found = _tensor_args(ctx, node, x, spec, why)
+    if found is None:
+        return None
+    for pname, owner in found:
+        ctx.state.add_tensor(pname, 0, x.block, x.elems, "out", owner)
+    _add_owner_attr(ctx, [o for _, o in found], "num_features", x)
+    return x
+
+
+def _f_group_norm(ctx: Context, node: Node, target: Any) -> Result:
+    x = ctx.info(_arg(node, 0, "input"))
+    if x is None:
+        return None
+    why = lambda text: _why(node, text, ctx)  # noqa: E731
+    g = _arg(node, 1, "num_groups")
+    if x.dim != 1 or not isinstance(g, int) or g < 1 or x.size % g:
+        ctx.freeze(x, why("channels are not on dim 1 of its input"))
+        return None
+    found = _tensor_args(ctx, node, x, [(2, "weight"), (3, "bias")], why)
+    if found is None:
+        return None
+    owners = [o for _, o in found]
+    if g == x.size and not isinstance(g, SizeIntLike):
+        # one channel per group: num_groups must follow, from its module's attribute
+        mods = [ctx.modules.get(o) for o in dict.fromkeys(owners)]
+        if len(mods) != 1 or mods[0] is None or mods[0].__dict__.get("num_groups") != g:
+            ctx.freeze(x, why(f"hard-codes num_groups={g}, one group per channel"))
+            return None
+        _add_owner_attr(ctx, owners, "num_groups", x)
+    elif g != x.size:
+        if x.block != 1:
+            ctx.freeze(x, why("groups of a flattened map"))
+            return None
+        _tie_within(ctx, x, g)
+    for pname, owner in found:
+        ctx.state.add_tensor(pname, 0, x.block, x.elems, "out", owner)
+    _add_owner_attr(ctx, owners, "num_channels", x)
+    return x
+
+
+def _f_layer_norm(ctx: Context, node: Node, target: Any) -> Result:
+    x = ctx.info(_arg(node, 0, "input"))
+    if x is None:
+        return None
+    why = lambda text: _why(node, text, ctx)  # noqa: E731
+    ns = _arg(node, 1, "normalized_shape")
+    ns = (ns,) if isinstance(ns, int) else ns
+    if not isinstance(ns, (tuple, list)) or not all(isinstance(v, int) for v in ns):
+        ctx.freeze(x, why("normalized_shape is not a tuple of ints"))
+        return None
+    over = _normalized_dims(ctx, node, x, ns)
+    if over is False:
+        return x
+    if over is None or ns[0] != x.size:
+        ctx.freeze(x, why("normalises the channels together with other dims"))
+        return None
+    found = _tensor_args(ctx, node, x, [(2, "weight"), (3, "bias")], why)
+    if found is None:
+        return None
+    if not isinstance(ns[0], SizeIntLike):
+        # the count comes from a module attribute (``self.normalized_shape``)
+        owners = list(dict.fromkeys(o for _, o in found))
+        mod = ctx.modules.get(owners[0]) if len(owners) == 1 else None
+        attr = mod.__dict__.get("normalized_shape") if mod is not None else None
+        if not isinstance(attr, tuple) or tuple(attr) != tuple(ns):
+            ctx.freeze(x, why(f"hard-codes normalized_shape={tuple(ns)}"))
+            return None
+        if not TUPLE_ATTRS:
+            ctx.freeze(x, why("normalized_shape is a tuple attribute the surgery cannot "
+                              "update yet"))
+            return x
+        ctx.add_attr(owners[0], "normalized_shape", 1, x.elems, index=0)
+    for pname, owner in found:
+        ctx.state.add_tensor(pname, 0, 1, x.elems, "out", owner)
     return x
 
 
@@ -339,7 +576,7 @@ def _spatial(ctx: Context, node: Node, target: Any) -> Result:
         return None
     shape = ctx.shape(node)
     if x.dim != 1 or shape is None or len(shape) < 3 or shape[1] != x.size:
-        ctx.freeze(x, f"{_describe(node)} (node {node.name}) with channels not on dim 1")
+        ctx.freeze(x, _why(node, "with channels not on dim 1"))
         return None
     return x
 
@@ -361,7 +598,7 @@ def _softmax(ctx: Context, node: Node, target: Any) -> Result:
         d = _arg(node, 1, "dim")
     shape = ctx.shape(node)
     if d is None or shape is None or _norm_dim(int(d), len(shape)) == x.dim:
-        ctx.freeze(x, f"{_describe(node)} (node {node.name}) normalises across channels")
+        ctx.freeze(x, _why(node, "normalises across channels"))
         return None
     return x
 
@@ -375,7 +612,7 @@ def _elementwise(ctx: Context, node: Node, target: Any) -> Result:
     if not tracked:
         return None
     def reason() -> str:
-        return f"{_describe(node)} (node {node.name}) combines channels it cannot align"
+        return _why(node, "combines channels it cannot align")
 
     if out_shape is None:
         for _, i in tracked:
@@ -395,8 +632,7 @@ def _elementwise(ctx: Context, node: Node, target: Any) -> Result:
     for a, i in tracked:
         da = aligned(a, i)
         if da is not None and 0 <= da < ndim and i.size == 1 and out_shape[da] > 1:
-            ctx.freeze(i, f"{_describe(node)} (node {node.name}) broadcasts one channel "
-                          "over many")
+            ctx.freeze(i, _why(node, "broadcasts one channel over many"))
         else:
             kept.append((a, i))
     if not kept:
@@ -449,7 +685,8 @@ def _cat(ctx: Context, node: Node, target: Any) -> Result:
         tensors = node.kwargs.get("input")
     d = _arg(node, 1, "dim", 0)
     out_shape = ctx.shape(node)
-    reason = f"{_describe(node)} (node {node.name}) on tensors it cannot align"
+    reason = _why(node, "on tensors it cannot align")
+    untraced = _why(node, "concatenates channels that do not come from a traced layer")
     if not isinstance(tensors, (list, tuple)) or out_shape is None or not isinstance(d, int):
         ctx.freeze_all(node, reason)
         return None
@@ -459,9 +696,16 @@ def _cat(ctx: Context, node: Node, target: Any) -> Result:
     if not tracked:
         return None
     if all(i.dim == d for i in tracked):
-        blk = tracked[0].block
+        blk = math.gcd(*(i.block for i in tracked))
         elems: List[int] = []
         for t, i in zip(tensors, infos):
+            if i is not None and i.block != blk:
+                # one channel of b = k * blk indices becomes k channels of blk indices,
+                # new elements tied to it (a shuffled half next to a conv's output)
+                k = i.block // blk
+                fine = ctx.state.new_space(f"{node.name}:reblocked", len(i.elems) * k)
+                ctx.state.unify([e for e in i.elems for _ in range(k)], fine)
+                i = ChannelInfo(d, fine, blk)
             if i is None:
                 s = ctx.shape(t)
                 if s is None or s[d] % blk:
@@ -469,10 +713,7 @@ def _cat(ctx: Context, node: Node, target: Any) -> Result:
                     return None
                 i = ChannelInfo(d, ctx.state.new_space(
                     f"{node.name}:untraced-input", s[d] // blk,
-                    frozen=f"channels entering {node.name} from an untraced tensor"), blk)
-            elif i.block != blk:
-                ctx.freeze_all(node, reason + " (different channel blocks)")
-                return None
+                    frozen=untraced), blk)
             elems.extend(i.elems)
         return ChannelInfo(d, tuple(elems), blk)
     # concatenation along another dim: the channels at one index are coupled
@@ -493,14 +734,14 @@ def _cat_other(ctx, node, tensors, infos, d, reason) -> Result:
 
 
 def _reshape_rule(ctx: Context, node: Node, x: ChannelInfo, in_shape, out_shape,
-                  literal: Optional[Sequence[Any]] = None) -> Result:
+                  literal: Optional[Sequence[Any]] = None, split: bool = True) -> Result:
     """Map the channel dim through a reshape using the traced shapes.
 
     Channel ``c`` owns a contiguous run of ``q`` elements after the leading dims; the
     reshape keeps channels intact when some output dim starts exactly after the same
     leading dims and each of its indices lies inside one channel's run.
     """
-    reason = f"{_describe(node)} (node {node.name}) mixes channels"
+    reason = _why(node, "mixes channels")
     lead = math.prod(in_shape[: x.dim])
     n = len(x.elems)
     rest = math.prod(in_shape[x.dim:])
@@ -520,11 +761,39 @@ def _reshape_rule(ctx: Context, node: Node, x: ChannelInfo, in_shape, out_shape,
             break
         if literal is not None and dp < len(literal) and type(literal[dp]) is int \
                 and literal[dp] != -1:
-            ctx.freeze(x, f"{_describe(node)} (node {node.name}) hard-codes the channel "
-                          f"count {literal[dp]}")
+            ctx.freeze(x, _why(node, f"hard-codes the channel count {literal[dp]}"))
             return None
         return ChannelInfo(dp, x.elems, q // r)
+    if split:
+        out = _reshape_groups(ctx, node, x, in_shape, out_shape, literal, lead)
+        if out is not None:
+            return out
     ctx.freeze(x, reason)
+    return None
+
+
+def _reshape_groups(ctx: Context, node: Node, x: ChannelInfo, in_shape, out_shape,
+                    literal, lead: int) -> Result:
+    """A reshape that splits the channel dim into ``(g, C / g)`` (a channel shuffle's
+    first view): channel ``q * C/g + j`` is tied with ``j`` for every q, so every part
+    keeps the same channels, and the channels continue on the next dim."""
+    n = len(x.elems)
+    for dp in range(len(out_shape)):
+        if math.prod(out_shape[:dp]) != lead:
+            continue
+        g = out_shape[dp]
+        if g <= 1 or g >= n or n % g or (literal is not None and dp < len(literal)
+                                         and not isinstance(literal[dp], int)):
+            continue
+        m = n // g
+        inner = (in_shape[:x.dim] + (g, in_shape[x.dim] // g) + tuple(in_shape[x.dim + 1:]))
+        sub = _reshape_rule(ctx, node, ChannelInfo(x.dim + 1, x.elems[:m], x.block),
+                            tuple(inner), out_shape, literal, split=False)
+        if sub is None:
+            return None
+        for q in range(1, g):
+            ctx.state.unify(x.elems[:m], x.elems[q * m:(q + 1) * m])
+        return sub
     return None
 
 
@@ -535,7 +804,7 @@ def _reshape(ctx: Context, node: Node, target: Any) -> Result:
         return None
     in_shape, out_shape = ctx.shape(src), ctx.shape(node)
     if in_shape is None or out_shape is None:
-        ctx.freeze(x, f"{_describe(node)} (node {node.name}) without traced shapes")
+        ctx.freeze(x, _why(node, "without traced shapes"))
         return None
     literal = None
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
@@ -550,11 +819,11 @@ def _reshape(ctx: Context, node: Node, target: Any) -> Result:
         # expand keeps every dim of the input (aligned to the right)
         d = x.dim + len(out_shape) - len(in_shape)
         if out_shape[d] != x.size:
-            ctx.freeze(x, f"{_describe(node)} (node {node.name}) broadcasts channels")
+            ctx.freeze(x, _why(node, "broadcasts channels"))
             return None
         if literal is not None and d < len(literal) and type(literal[d]) is int \
                 and literal[d] != -1:
-            ctx.freeze(x, f"{_describe(node)} (node {node.name}) hard-codes the channel count")
+            ctx.freeze(x, _why(node, "hard-codes the channel count"))
             return None
         return ChannelInfo(d, x.elems, x.block)
     return _reshape_rule(ctx, node, x, in_shape, out_shape, literal)
@@ -567,11 +836,11 @@ def _expand_as(ctx: Context, node: Node, target: Any) -> Result:
         return None
     in_shape, out_shape = ctx.shape(src), ctx.shape(node)
     if in_shape is None or out_shape is None:
-        ctx.freeze(x, f"expand_as (node {node.name}) without traced shapes")
+        ctx.freeze(x, _why(node, "without traced shapes"))
         return None
     d = x.dim + len(out_shape) - len(in_shape)
     if out_shape[d] != x.size:
-        ctx.freeze(x, f"expand_as (node {node.name}) broadcasts channels")
+        ctx.freeze(x, _why(node, "broadcasts channels"))
         return None
     other = ctx.info(node.args[1])
     if other is not None and other.dim == d and other.size == x.size and other.block == x.block:
@@ -586,7 +855,7 @@ def _permute(ctx: Context, node: Node, target: Any) -> Result:
         return None
     shape = ctx.shape(node)
     if shape is None:
-        ctx.freeze(x, f"{_describe(node)} (node {node.name}) without traced shapes")
+        ctx.freeze(x, _why(node, "without traced shapes"))
         return None
     ndim = len(shape)
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
@@ -595,7 +864,7 @@ def _permute(ctx: Context, node: Node, target: Any) -> Result:
         if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
             dims = dims[0]
         if not all(isinstance(v, int) for v in dims):
-            ctx.freeze(x, f"permute (node {node.name}) with traced dims")
+            ctx.freeze(x, _why(node, "with traced dims"))
             return None
         perm = [_norm_dim(v, ndim) for v in dims]
         return ChannelInfo(perm.index(x.dim), x.elems, x.block)
@@ -604,7 +873,7 @@ def _permute(ctx: Context, node: Node, target: Any) -> Result:
     else:
         a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
         if not isinstance(a, int) or not isinstance(b, int):
-            ctx.freeze(x, f"transpose (node {node.name}) with traced dims")
+            ctx.freeze(x, _why(node, "with traced dims"))
             return None
         a, b = _norm_dim(a, ndim), _norm_dim(b, ndim)
     d = b if x.dim == a else a if x.dim == b else x.dim
@@ -621,7 +890,7 @@ def _reduce(ctx: Context, node: Node, target: Any) -> Result:
     if isinstance(d, Node):  # torch.max(x, y): elementwise
         return _elementwise(ctx, node, target)
     keep = bool(_arg(node, 2, "keepdim", False))
-    reason = f"{_describe(node)} (node {node.name}) reduces over channels"
+    reason = _why(node, "reduces over channels")
     if d is None or in_shape is None:
         ctx.freeze(x, reason)
         return None
@@ -648,13 +917,13 @@ def _getitem(ctx: Context, node: Node, target: Any) -> Result:
         if isinstance(idx, int) and -len(r) <= idx < len(r):
             return r[idx]
         for i in ctx.all_infos(src):
-            ctx.freeze(i, f"getitem (node {node.name}) with an unsupported index")
+            ctx.freeze(i, _why(node, "with an unsupported index"))
         return None
     if not isinstance(r, ChannelInfo):
         return None
     x = r
     in_shape = ctx.shape(src)
-    reason = f"indexing (node {node.name}) selects channels"
+    reason = _why(node, "selects channels")
     if in_shape is None:
         ctx.freeze(x, reason)
         return None
@@ -706,12 +975,24 @@ def _split(ctx: Context, node: Node, target: Any) -> Result:
     meta = node.meta.get("tensor_meta")
     n_out = len(meta) if isinstance(meta, (tuple, list)) else None
     if not isinstance(d, int) or in_shape is None or n_out is None:
-        ctx.freeze(x, f"{_describe(node)} (node {node.name}) with untraced arguments")
+        ctx.freeze(x, _why(node, "with untraced arguments"))
         return None
     d = _norm_dim(d, len(in_shape))
     if d == x.dim:
+        sizes = [int(m.shape[d]) for m in meta]
+        n, k = len(x.elems), len(sizes)
+        by_count = name == "chunk" or (name == "tensor_split" and isinstance(
+            _arg(node, 1, "indices_or_sections"), int))
+        if by_count and k > 1 and n % k == 0 and sizes == [n // k * x.block] * k:
+            # chunk(k): k equal pieces of whatever is left, so piece i keeps the same
+            # local channels as piece 0 (tied), and the pieces stay equal
+            m = n // k
+            pieces = [x.elems[i * m:(i + 1) * m] for i in range(k)]
+            for piece in pieces[1:]:
+                ctx.state.unify(pieces[0], piece)
+            return tuple(ChannelInfo(d, piece, x.block) for piece in pieces)
         # split sizes are fixed numbers: channels on both sides stay as they are
-        ctx.freeze(x, f"{_describe(node)} (node {node.name}) splits channels at fixed sizes")
+        ctx.freeze(x, _why(node, "splits channels at fixed sizes"))
         outs = []
         off = 0
         for m in meta:
@@ -748,6 +1029,14 @@ _register([nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
            nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d], _norm)
 _register([nn.PReLU], _prelu)
 _register([nn.GroupNorm], _group_norm)
+_register([nn.LayerNorm], _layer_norm)
+_register([F.batch_norm, F.instance_norm], _f_batch_norm)
+_register([F.group_norm], _f_group_norm)
+_register([F.layer_norm], _f_layer_norm)
+
+#: Handlers that register the parameters / buffers they read themselves (every other
+#: handler's get_attr inputs are kept whole).
+READS_PARAMETERS = frozenset({_f_batch_norm, _f_group_norm, _f_layer_norm})
 
 _UNARY_MODULES = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
                   nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid,
@@ -792,7 +1081,12 @@ _register([f"method:{m}" for m in ["add", "add_", "sub", "sub_", "mul", "mul_", 
 _register([F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
            F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
            F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-           F.interpolate, F.upsample, F.lp_pool2d], _spatial)
+           F.interpolate, F.upsample, F.lp_pool2d, F.lp_pool1d, F.pad, F.upsample_nearest,
+           F.upsample_bilinear]
+          + [getattr(torch, n) for n in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+                                         "adaptive_avg_pool1d", "adaptive_max_pool1d",
+                                         "constant_pad_nd") if hasattr(torch, n)],
+          _spatial)
 _register([torch.cat, torch.concat, torch.concatenate], _cat)
 _register([torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze],
           _reshape)

@@ -249,7 +249,8 @@ class UNet(nn.Module):
 # ---- structures the graph must refuse (channels stay whole, with a reason) ----------
 
 class ChannelShuffle(nn.Module):
-    """view -> transpose -> view mixes channels."""
+    """ShuffleNet's channel shuffle: view (n, 2, c/2) -> transpose -> view; the two
+    halves are tied, so the shuffled channels stay whole blocks."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -262,6 +263,88 @@ class ChannelShuffle(nn.Module):
         n, c, h, w = x.shape
         x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
         return self.fc(self.b(x).mean([2, 3]))
+
+
+class MixingView(nn.Module):
+    """Channels moved last and merged with a spatial dim as the inner index: mixes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a0, self.a = cbr(3, 6), cbr(6, 8)
+        self.fc = nn.Linear(8 * 8, 3)
+
+    def forward(self, x):
+        y = self.a(self.a0(x))
+        n, c, h, w = y.shape
+        y = y.permute(0, 2, 3, 1).reshape(n, h, w * c)
+        return self.fc(y.mean(1))
+
+
+class ShuffleBlocks(nn.Module):
+    """ShuffleNetV2 units: a stride-2 unit (two branches, cat, shuffle) then a stride-1
+    unit (chunk in halves, one half through a branch, cat, shuffle)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.b1 = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False),
+                                nn.BatchNorm2d(8), cbr(8, 6, 1))
+        self.b2 = nn.Sequential(cbr(8, 6, 1), nn.Conv2d(6, 6, 3, 2, 1, groups=6, bias=False),
+                                nn.BatchNorm2d(6), cbr(6, 6, 1))
+        self.b3 = nn.Sequential(cbr(6, 6, 1), nn.Conv2d(6, 6, 3, 1, 1, groups=6, bias=False),
+                                nn.BatchNorm2d(6), cbr(6, 6, 1))
+        self.head = cbr(12, 10, 1)
+        self.fc = nn.Linear(10, 3)
+
+    @staticmethod
+    def shuffle(x):
+        n, c, h, w = x.size()
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.shuffle(torch.cat((self.b1(x), self.b2(x)), dim=1))
+        x1, x2 = x.chunk(2, dim=1)
+        x = self.shuffle(torch.cat((x1, self.b3(x2)), dim=1))
+        return self.fc(self.head(x).mean([2, 3]))
+
+
+class BNFunctional(nn.Module):
+    """A BatchNorm class of its own that calls F.batch_norm with its parameters."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.num_features = c
+        self.weight = nn.Parameter(torch.empty(c).uniform_(0.5, 1.5))
+        self.bias = nn.Parameter(torch.empty(c).uniform_(-0.5, 0.5))
+        self.register_buffer("running_mean", torch.empty(c).uniform_(-0.5, 0.5))
+        self.register_buffer("running_var", torch.empty(c).uniform_(0.5, 2.0))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, 0.1, 1e-5)
+
+
+class Functional(nn.Module):
+    """Layers as custom code calls them: F.batch_norm in a module of its own,
+    torch.max_pool2d, torch.relu_, F.hardswish, F.relu6, F.pad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn_a = BNFunctional(8)
+        self.b = nn.Conv2d(8, 8, 3, 1, 1, bias=False)
+        self.bn_b = BNFunctional(8)
+        self.c = nn.Conv2d(8, 6, 3, 1, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu_(self.bn_a(self.a(x)))
+        x = torch.max_pool2d(x, 2)
+        x = F.hardswish(self.bn_b(self.b(F.pad(x, (1, 1, 1, 1)))))
+        x = F.relu6(F.avg_pool2d(x, 2))
+        x = F.relu(self.c(x))
+        return self.fc(F.adaptive_max_pool2d(x, 1).flatten(1))
 
 
 class CustomOp(nn.Module):
@@ -329,6 +412,9 @@ ZOO: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "mlp": (MLP, (4, 20)),
     "unet": (UNet, IMAGE),
     "channel_shuffle": (ChannelShuffle, IMAGE),
+    "mixing_view": (MixingView, IMAGE),
+    "shuffle_blocks": (ShuffleBlocks, (2, 3, 16, 16)),
+    "functional": (Functional, IMAGE),
     "custom_op": (CustomOp, IMAGE),
     "untraceable": (WithUntraceable, IMAGE),
     "hard_coded_view": (HardCodedView, IMAGE),
