@@ -168,24 +168,28 @@ class _Point:
             self.neg = flat[at]
 
 
-def _all_reduce(points: List[_Point]) -> None:
-    """Sum every point's sums and counts over the processes of the default group."""
-    import torch.distributed as dist
+def _gather(points: List[_Point]) -> None:
+    """Bring every point's sums to the host in one copy (one device sync at the end).
 
-    parts: List[torch.Tensor] = []
-    for p in points:
-        parts.extend(t.reshape(-1) for t in p.packed())
+    Under ``torch.distributed`` (more than one process) the sums and counts are first
+    summed over the processes of the default group with one ``all_reduce``.
+    """
+    packs = [p.packed() for p in points]
+    parts = [t.reshape(-1) for pk in packs for t in pk]
     devices = {t.device for t in parts}
     device = devices.pop() if len(devices) == 1 else torch.device("cpu")
     counts = torch.tensor([[p.images, p.elems] for p in points], dtype=torch.float64).reshape(-1)
     flat = torch.cat([t.to(device) for t in parts] + [counts.to(device)]) if parts else counts
-    if dist.get_backend() == "nccl" and flat.device.type != "cuda":
-        flat = flat.cuda()
-    dist.all_reduce(flat)
+    if _distributed():
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl" and flat.device.type != "cuda":
+            flat = flat.cuda()
+        dist.all_reduce(flat)
     flat = flat.cpu()
     at = 0
-    for p in points:
-        n = sum(t.numel() for t in p.packed())
+    for p, pk in zip(points, packs):
+        n = sum(t.numel() for t in pk)
         p.unpack(flat[at:at + n])
         at += n
     for i, p in enumerate(points):
@@ -299,8 +303,7 @@ def collect(model: nn.Module, data: Any, statistics: Sequence[str] = ("rank",), 
             h.remove()
         for m, flag in flags:
             m.training = flag
-    if _distributed():
-        _all_reduce(plist)
+    _gather(plist)
     return _results(plist, stats)
 
 

@@ -1,0 +1,248 @@
+"""HRank whole-model rank collection: pyprune vs the reference procedure, the strongest
+pure-torch alternative, and a plain forward pass (the floor).
+
+For each model (random-init ``pyprune.models``, CIFAR shapes 3x32x32, ``--images`` images
+in batches of ``--batch``):
+
+* ``pyprune``: ``pyprune.scores(model, x, method="hrank", data=...)`` -- graph trace,
+  one pass with hooks, batched native ``pyprune.ops.matrix_rank`` per hooked tensor;
+* (a) ``reference``: the lmbxmu/HRank procedure with ``torch.linalg.matrix_rank``
+  substituted for the removed ``torch.matrix_rank``: one hooked layer at a time, the
+  network re-run over the images for every layer, a scalar rank per (image, channel)
+  map with ``.item()``, the running mean of rank_generation.py.  It is timed on
+  ``--ref-images`` images (one run) and scaled linearly to ``--images`` (reported);
+* (b) ``torch batched``: one pass, the same hook points, one batched
+  ``torch.linalg.matrix_rank`` per hooked tensor and batch;
+* (c) ``forward``: a plain ``torch.no_grad`` forward over the same batches.
+
+The hook points of (a) and (b) are the tensors pyprune scores (the ReLU after each
+conv -> BN, after the residual add in a ResNet block), one per distinct tensor.
+Correctness first: pyprune's mean ranks must equal (b)'s on all images and (a)'s on
+its images.  Then timing: pyprune, (b) and (c) interleaved, median of ``--runs`` runs
+after a warm-up.
+
+Memory (``--memory``): each of pyprune and (c) runs in a fresh subprocess; after the
+model, the data and a one-image warm-up exist, the peak-RSS counter is reset
+(``/proc/self/clear_refs``) and the peak resident set (VmHWM) reached during the pass,
+minus the resident set before it, is that method's peak memory.
+
+    python benchmarks/bench_hrank.py [--models vgg16_bn resnet56] [--images 500]
+        [--batch 100] [--runs 3] [--ref-images 20] [--memory] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine, median_times, print_table, write_json  # noqa: E402
+
+import pyprune  # noqa: E402
+from pyprune.graph_hooks import activation_points  # noqa: E402
+
+
+def make(model_name: str, images: int, batch: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = pyprune.models.get_model(model_name).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(images, 3, 32, 32, generator=g)
+    data = [(x[i:i + batch], torch.zeros(min(batch, images - i), dtype=torch.long))
+            for i in range(0, images, batch)]
+    return model, data
+
+
+def distinct_points(model, x) -> Dict[Tuple, Tuple[str, List[str]]]:
+    """{hook key: (module name, convs scored on it)}; all are module outputs here."""
+    pts = activation_points(model, x)
+    out: Dict[Tuple, Tuple[str, List[str]]] = {}
+    for conv, p in pts.items():
+        assert p.where == "output", p
+        out.setdefault(p.key, (p.module, []))[1].append(conv)
+    return out
+
+
+def run_pyprune(model, data, x):
+    return pyprune.scores(model, x, method="hrank", data=data, num_images=None, progress=False)
+
+
+def run_forward(model, data):
+    with torch.no_grad():
+        for inputs, _ in data:
+            model(inputs)
+
+
+def run_torch_batched(model, data, points):
+    modules = dict(model.named_modules())
+    sums: Dict[str, torch.Tensor] = {}
+    count = [0]
+    handles = []
+    for key, (name, convs) in points.items():
+        def hook(mod, inp, out, _n=name):
+            r = torch.linalg.matrix_rank(out).sum(0)
+            sums[_n] = sums[_n] + r if _n in sums else r
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for inputs, _ in data:
+                model(inputs)
+                count[0] += inputs.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for key, (name, convs) in points.items():
+        for c in convs:
+            out[c] = sums[name].double() / count[0]
+    return out
+
+
+def run_reference(model, data, points):
+    """lmbxmu/HRank rank_generation.py, torch.linalg.matrix_rank for torch.matrix_rank."""
+    modules = dict(model.named_modules())
+    out = {}
+    state = {}
+
+    def get_feature_hook(self, input, output):
+        a, b = output.shape[0], output.shape[1]
+        c = torch.tensor([torch.linalg.matrix_rank(output[i, j, :, :]).item()
+                          for i in range(a) for j in range(b)])
+        c = c.view(a, -1).float().sum(0)
+        state["feature_result"] = state["feature_result"] * state["total"] + c
+        state["total"] = state["total"] + a
+        state["feature_result"] = state["feature_result"] / state["total"]
+
+    for key, (name, convs) in points.items():
+        state["feature_result"], state["total"] = torch.tensor(0.), torch.tensor(0.)
+        h = modules[name].register_forward_hook(get_feature_hook)
+        try:
+            with torch.no_grad():
+                for inputs, _ in data:            # the network re-run for every layer
+                    model(inputs)
+        finally:
+            h.remove()
+        for c in convs:
+            out[c] = state["feature_result"].double()
+    return out
+
+
+def _vm(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def memory_child(model_name: str, method: str, images: int, batch: int) -> Dict[str, int]:
+    model, data = make(model_name, images, batch)
+    x = data[0][0][:1]
+    with torch.no_grad():
+        model(x)                                   # one-image warm-up (kernels, threads)
+    pyprune.scores(model, x, method="hrank", data=[x], progress=False)
+    import gc
+
+    gc.collect()
+    base = _vm("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                               # reset the peak-RSS counter
+    if method == "pyprune":
+        run_pyprune(model, data, x)
+    else:
+        run_forward(model, data)
+    return {"base": base, "peak": _vm("VmHWM"), "delta": _vm("VmHWM") - base}
+
+
+def measure_memory(model_name: str, images: int, batch: int, repeats: int = 2) -> Dict[str, int]:
+    res: Dict[str, List[int]] = {"pyprune": [], "forward": []}
+    for _ in range(repeats):
+        for method in res:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory-child",
+                                  model_name, method, str(images), str(batch)],
+                                 capture_output=True, text=True, check=True)
+            res[method].append(json.loads(out.stdout.strip().splitlines()[-1])["delta"])
+    return {k: min(v) for k, v in res.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet56"])
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--ref-images", type=int, default=20)
+    p.add_argument("--memory", action="store_true")
+    p.add_argument("--json", default=None)
+    p.add_argument("--_memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._memory_child:
+        name, method, images, batch = args._memory_child
+        print(json.dumps(memory_child(name, method, int(images), int(batch))))
+        return 0
+
+    meta = machine("cpu")
+    print(f"machine: {meta}")
+    records = []
+    rows = []
+    for name in args.models:
+        model, data = make(name, args.images, args.batch)
+        x = data[0][0][:1]
+        points = distinct_points(model, x)
+        # correctness: pyprune == torch batched on all images, == reference on its images
+        ours = run_pyprune(model, data, x)
+        theirs = run_torch_batched(model, data, points)
+        assert set(ours) == set(theirs), (set(ours) ^ set(theirs))
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k]), (name, k)
+        ref_data = [(data[0][0][:args.ref_images], None)]
+        t0 = time.perf_counter()
+        ref = run_reference(model, ref_data, points)
+        t_ref = (time.perf_counter() - t0) * args.images / args.ref_images
+        ours_small = run_pyprune(model, ref_data, x)
+        for k in ours_small:
+            assert torch.allclose(ours_small[k], ref[k], rtol=1e-6, atol=1e-6), (name, k)
+        print(f"{name}: ranks agree with torch batched ({len(ours)} convs, {len(points)} hooked "
+              f"tensors, {args.images} images) and with the reference ({args.ref_images} images)")
+        times = median_times({
+            "pyprune": lambda: run_pyprune(model, data, x),
+            "torch_batched": lambda: run_torch_batched(model, data, points),
+            "forward": lambda: run_forward(model, data),
+        }, runs=args.runs, warmup=1)
+        rec = {"model": name, "images": args.images, "batch": args.batch, "runs": args.runs,
+               "pyprune_s": times["pyprune"], "torch_batched_s": times["torch_batched"],
+               "forward_s": times["forward"], "reference_s_scaled": t_ref,
+               "reference_images_timed": args.ref_images,
+               "vs_reference": t_ref / times["pyprune"],
+               "vs_torch_batched": times["torch_batched"] / times["pyprune"],
+               "of_forward": times["pyprune"] / times["forward"]}
+        if args.memory:
+            mem = measure_memory(name, args.images, args.batch)
+            rec.update(peak_pyprune_bytes=mem["pyprune"], peak_forward_bytes=mem["forward"],
+                       peak_ratio=mem["pyprune"] / max(mem["forward"], 1))
+        records.append(rec)
+        row = [name, f"{rec['reference_s_scaled']:.1f}", f"{rec['torch_batched_s']:.2f}",
+               f"{rec['forward_s']:.2f}", f"{rec['pyprune_s']:.2f}", f"{rec['vs_reference']:.1f}x",
+               f"{rec['vs_torch_batched']:.2f}x", f"{rec['of_forward']:.3f}x"]
+        if args.memory:
+            row += [f"{rec['peak_forward_bytes'] / 2**20:.1f}", f"{rec['peak_pyprune_bytes'] / 2**20:.1f}",
+                    f"{rec['peak_ratio']:.3f}"]
+        rows.append(row)
+    headers = ["model", "(a) ref s*", "(b) torch s", "(c) fwd s", "pyprune s", "vs (a)", "vs (b)",
+               "of (c)"]
+    if args.memory:
+        headers += ["fwd peak MiB", "pyprune peak MiB", "peak ratio"]
+    print_table(headers, rows)
+    print(f"* (a) timed on {args.ref_images} images, scaled linearly to {args.images}")
+    write_json(args.json, records, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
