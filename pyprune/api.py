@@ -16,6 +16,7 @@ import inspect
 import logging
 import math
 import re
+import sys
 import time
 import warnings
 from collections.abc import Iterable as _IterableABC, Mapping, Sized
@@ -109,15 +110,14 @@ def check_model(model: Any, what: str = "model") -> None:
 
 
 def _is_fsdp(model: nn.Module) -> bool:
-    try:  # FSDP1 wrapper and FSDP2 (fully_shard) mixin; importing needs no GPU
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        if isinstance(model, FullyShardedDataParallel):
+    """FSDP1's wrapper or FSDP2's ``fully_shard`` mixin.  A model can only be one if
+    ``torch.distributed.fsdp`` was imported (importing it takes seconds: not done here)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None:
+        classes = tuple(c for c in (getattr(fsdp, "FullyShardedDataParallel", None),
+                                    getattr(fsdp, "FSDPModule", None)) if isinstance(c, type))
+        if classes and isinstance(model, classes):
             return True
-        from torch.distributed.fsdp import FSDPModule
-        if isinstance(model, FSDPModule):
-            return True
-    except ImportError:  # pragma: no cover - torch without distributed
-        pass
     return any(c.__name__ in ("FullyShardedDataParallel", "FSDPModule")
                for c in type(model).__mro__)
 
@@ -373,8 +373,10 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1",
             one-channel granularity (see :func:`pyprune.plan.make_plan`).
         leaf_modules (iterable of classes or names, default ()): modules the graph does
             not trace into (kept whole).
-        shapes ("auto", "real" or "fake", default "auto"), tracer ("auto", "eager" or
-            "fx", default "auto"): see :func:`pyprune.graph.build_graph`.
+        shapes ("auto", "real" or "fake", default "auto"): how the graph learns tensor
+            shapes (see :func:`pyprune.graph.build_graph`).
+        tracer ("auto", "eager" or "fx", default "auto"): how the graph traces the model
+            (see :func:`pyprune.graph.build_graph`).
         optimizer (torch.optim.Optimizer or None, default None): its per-parameter state
             (momentum, Adam moments) is pruned with the parameters.
         backup (bool, default True): copy what surgery overwrites, so a failure inside it
@@ -511,7 +513,7 @@ def _summarize(method: str, request: Dict[str, Any], graph: DependencyGraph, pla
         layers=layers, skipped=skipped)
 
 
-_NODE = re.compile(r"\s*\((?:node|nodes) [^)]*\)")
+_NODE = re.compile(r"\s*\((?:at )?nodes? [^)]*\)")
 
 
 def _op_of(reason: str) -> str:

@@ -154,65 +154,114 @@ class Budget:
 
 @dataclass
 class BudgetResult:
-    """What the search found: removed channel count ``k`` in the order, the kept mask,
-    the achieved fraction, and the smallest reachable fraction (all channels of the
-    order removed)."""
+    """What the search found: ``removed`` channels per group (in the order's groups),
+    the kept mask, the achieved fraction, the smallest reachable fraction (every
+    channel of the order removed) and the number of cost-model evaluations."""
 
-    k: int
+    removed: np.ndarray
     mask: np.ndarray
     achieved: float
+    target: float
     reachable_min: float
     evaluations: int
+    k: int
 
     @property
     def met(self) -> bool:
         return abs(self.achieved / self.target - 1.0) <= TOLERANCE
 
-    target: float = 1.0
+
+#: At most this many events are tried one by one after the bisection (see :func:`search`).
+MAX_REFINE = 4096
 
 
-def search(n_steps: int, build: Callable[[int], np.ndarray], budget: Budget,
+def search(event_group: np.ndarray, n_groups: int,
+           build: Callable[[np.ndarray], np.ndarray], budget: Budget,
            limits: str = "") -> BudgetResult:
-    """Bisect ``k`` in ``0 .. n_steps`` for the plan ``build(k)`` (a kept mask) closest to
-    ``budget.target``; ``build(k)`` must keep fewer channels as ``k`` grows.
+    """The plan closest to ``budget.target`` along one removal order.
 
-    Raises ValueError naming the closest reachable value when even ``build(n_steps)``
-    keeps more than the target allows (``limits`` says what limits pruning).
+    ``event_group[i]`` is the group (``0 .. n_groups-1``) whose next channel the
+    ``i``-th step of the order removes; ``build(removed)`` turns channels removed per
+    group into a kept mask (applying ``round_to`` and ``min_channels``) and must keep
+    fewer channels as ``removed`` grows.  First a bisection over the length ``k`` of
+    the order's prefix brackets the target between two neighbouring prefixes; when
+    neither is within :data:`TOLERANCE` (one channel of a group coupled across many
+    layers, a residual stream, can weigh more than 1%), the steps after the bracket are
+    tried one by one from its upper side, each kept unless it would undershoot the
+    target by more than the tolerance (then its group takes no further step).
+
+    Raises ValueError naming the closest reachable value when even the whole order
+    keeps more than ``target * (1 + TOLERANCE)`` (``limits`` says what limits pruning).
     """
     evals = 0
     cache: Dict[int, Tuple[np.ndarray, float]] = {}
+    target = float(budget.target)
+    n_steps = int(event_group.size)
+
+    def counts(k: int) -> np.ndarray:
+        return np.bincount(event_group[:k], minlength=n_groups).astype(np.int64)
+
+    def value(removed: np.ndarray) -> Tuple[np.ndarray, float]:
+        nonlocal evals
+        mask = build(removed)
+        evals += 1
+        return mask, budget.value(mask)
 
     def at(k: int) -> Tuple[np.ndarray, float]:
-        nonlocal evals
         if k not in cache:
-            mask = build(k)
-            cache[k] = (mask, budget.value(mask))
-            evals += 1
+            cache[k] = value(counts(k))
         return cache[k]
 
-    target = float(budget.target)
-    lo_mask, lo_val = at(0)
+    _, lo_val = at(0)
     hi_mask, hi_val = at(n_steps)
     if hi_val > target * (1.0 + TOLERANCE):
+        what = "FLOPs" if budget.kind == "flops" else "parameters"
         raise ValueError(
             f"{budget.kind}={target:g} is not reachable: the most pruning allowed keeps "
-            f"{hi_val:.4f} of the model's {'FLOPs' if budget.kind == 'flops' else 'parameters'}"
-            f" (the closest reachable value is {budget.kind}={hi_val:.4f}"
-            f"{'; limited by ' + limits if limits else ''})")
+            f"{hi_val:.6g} of the model's {what} (the closest reachable value is "
+            f"{budget.kind}={hi_val:.6g}{'; limited by ' + limits if limits else ''})")
     if lo_val <= target:
         best = 0
+    elif hi_val > target:
+        best = n_steps
     else:
         lo, hi = 0, n_steps  # invariant: value(lo) > target >= value(hi)
-        if hi_val > target:
-            best = n_steps
-        else:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if at(mid)[1] > target:
-                    lo = mid
-                else:
-                    hi = mid
-            # the closer of the two neighbours (ties: the one within the target)
-            best = hi if abs(at(hi)[1] - target) <= abs(at(lo)[1] - target) else lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if at(mid)[1] > target:
+                lo = mid
+            else:
+                hi = mid
+        # the closer of the two neighbours (ties: the one within the target)
+        best = hi if abs(at(hi)[1] - target) <= abs(at(lo)[1] - target) else lo
+        if abs(at(best)[1] / target - 1.0) > TOLERANCE:
+            refined = _refine(event_group, lo, counts(lo), at(lo)[1], target, value)
+            if refined is not None:
+                removed, mask, val = refined
+                return BudgetResult(removed, mask, val, target, hi_val, evals, lo)
     mask, val = at(best)
-    return BudgetResult(best, mask, val, hi_val, evals, target)
+    return BudgetResult(counts(best), mask, val, target, hi_val, evals, best)
+
+
+def _refine(event_group: np.ndarray, start: int, removed: np.ndarray, val: float,
+            target: float, value: Callable[[np.ndarray], Tuple[np.ndarray, float]]
+            ) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+    """Steps after ``start`` one by one (see :func:`search`); the closest state found."""
+    removed = removed.copy()
+    blocked = np.zeros(int(removed.size), dtype=bool)
+    best: Optional[Tuple[np.ndarray, np.ndarray, float]] = None
+    floor = target * (1.0 - TOLERANCE)
+    for g in event_group[start:start + MAX_REFINE].tolist():
+        if blocked[g]:
+            continue
+        removed[g] += 1
+        mask, v = value(removed)
+        if v < floor:
+            removed[g] -= 1
+            blocked[g] = True
+            continue
+        if best is None or abs(v - target) < abs(best[2] - target):
+            best = (removed.copy(), mask, v)
+        if v <= target:
+            break
+    return best

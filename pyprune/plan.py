@@ -497,8 +497,11 @@ def _budget_plan(graph: DependencyGraph, pool: List[Group], flat: torch.Tensor,
             d = np.where(d > 0, d, 1.0)
             norm = s_pool / d[owner]
         el = np.flatnonzero(eligible)
-        # lowest normalized score first; within a group the removal rank decides
-        order = el[np.lexsort((removal_rank[el], norm[el]))]
+        # lowest normalized score first; within a group the removal rank decides, and
+        # equal scores across groups (untrained BatchNorm scales, say) are removed as
+        # the same fraction of each group, as in the uniform order
+        frac = (removal_rank[el] + 1) / sizes[owner[el]]
+        order = el[np.lexsort((owner[el], frac, norm[el]))]
         event_group = owner[order]
     else:
         n_ev = sizes - floors
@@ -512,8 +515,7 @@ def _budget_plan(graph: DependencyGraph, pool: List[Group], flat: torch.Tensor,
     layouts, _, lidx = _layouts(graph)
     lens = [len(t) for t in layouts]
 
-    def build(k: int) -> np.ndarray:
-        removed = np.bincount(event_group[:k], minlength=len(pool))
+    def build(removed: np.ndarray) -> np.ndarray:
         n_keep = sizes - removed
         if cfg.round_to > 1:
             n_keep = np.minimum(sizes, -(-n_keep // cfg.round_to) * cfg.round_to)
@@ -528,7 +530,7 @@ def _budget_plan(graph: DependencyGraph, pool: List[Group], flat: torch.Tensor,
             mask = _kept_mask(graph, keep).numpy()
         return mask
 
-    res = search(n_steps, build, budget, limits)
+    res = search(event_group, len(pool), build, budget, limits)
     touched = set(pool_gids) | set(fixed)
     keep = _keep_from_mask(graph, res.mask, [gid for gid in touched
                                               if not res.mask[graph.groups[gid].offset:
