@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's; "
+                   "1 is faster on a machine busy with other work)")
     p.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--latency-seconds", type=float, default=d.latency_seconds, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print report.json instead of the table")
@@ -190,7 +192,7 @@ def _prune(args: argparse.Namespace, argv: Sequence[str]) -> int:
             prune_batches=args.prune_batches, slim_lambda=args.slim_lambda,
             method_options=_kv(args.option), amp=False if args.no_amp else None,
             max_batches=args.max_batches, latency_seconds=args.latency_seconds,
-            plots=not args.no_plots, quiet=args.quiet, command=["pyprune", *argv])
+            plots=not args.no_plots, threads=args.threads, quiet=args.quiet, command=["pyprune", *argv])
         report = run_prune(job)
     if report:  # rank 0
         print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
@@ -259,7 +261,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``pyprune`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed as one line)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

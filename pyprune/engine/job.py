@@ -94,6 +94,7 @@ class PruneJob:
     latency_seconds: float = 2.0
     max_batches: Optional[int] = None
     plots: bool = True
+    threads: Optional[int] = None
     quiet: bool = False
     command: Optional[List[str]] = None
 
@@ -295,6 +296,16 @@ def _bisect_budget(model: nn.Module, example: torch.Tensor, method: str, kind: s
     return {"search": "bisect " + ("global_ratio" if meta.global_threshold else "ratio"), "ratio": hi}
 
 
+def _prune_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
+    """What ``pyprune.prune`` recorded about the pruning (None when it records nothing)."""
+    try:
+        from pyprune.summary import last_summary
+    except ImportError:
+        return None
+    s = last_summary(model)
+    return s.to_dict() if s is not None else None
+
+
 # ----------------------------------------------------------------------------- the job
 
 class _Runner:
@@ -463,8 +474,17 @@ class _Runner:
             except (TypeError, ValueError) as e:
                 raise UsageError(f"method {job.method!r}: {e}") from None
             pruned = ckpt.clone_model(dense)
-            budget = prune_to_budget(pruned, example, job.method, data, flops=job.flops, params=job.params,
-                                     ratio=job.ratio, scores=scores, options=opts, image_size=S)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                budget = prune_to_budget(pruned, example, job.method, data, flops=job.flops,
+                                         params=job.params, ratio=job.ratio, scores=scores, options=opts,
+                                         image_size=S)
+            budget["warnings"] = [str(w.message) for w in caught]
+            for msg in budget["warnings"]:
+                _log(job, dist, f"warning: {msg}")
+            summary = _prune_summary(pruned)
+            if summary is not None:
+                budget["summary"] = summary
             data = None
             pruned_eval0 = evaluate(pruned, ds, self.cfg, dist=dist, show=self.show, desc="test pruned")
             ft_model = pruned
@@ -546,6 +566,10 @@ def run_prune(job: PruneJob, *, resume: bool = False) -> Dict[str, Any]:
         job.flops = 0.5
     _check_job(job)
     check_out_dir(job.out, resume=resume)
+    if job.threads is not None:
+        if job.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {job.threads}")
+        torch.set_num_threads(job.threads)
     dist = setup(job.device)
     try:
         if dist.main:
@@ -568,6 +592,6 @@ def load_job(out: str) -> PruneJob:
         with open(path) as f:
             return PruneJob.from_json(json.load(f))
     except FileNotFoundError:
-        raise UsageError(f"--resume {out}: no run there ({RUN_FILE} missing)") from None
+        raise UsageError(f"--resume {out}: no interrupted run there ({RUN_FILE} missing)") from None
     except (OSError, ValueError, TypeError) as e:
         raise UsageError(f"--resume {out}: cannot read {RUN_FILE}: {e}") from None

@@ -183,14 +183,18 @@ def export(checkpoint: str, fmt: str, out: Optional[str] = None, *, model: Optio
     info: Dict[str, Any] = {"format": fmt, "path": out, "checkpoint": checkpoint, "input_shape": list(x.shape)}
     with torch.no_grad():
         if fmt == "torchscript":
-            try:
-                prog = torch.jit.script(net)
-                info["how"] = "torch.jit.script"
-            except Exception:
-                prog = torch.jit.trace(net, x)
-                info["how"] = "torch.jit.trace"
-            prog.save(tmp)
-            loaded = torch.jit.load(tmp)
+            import warnings
+            with warnings.catch_warnings():
+                # asked for explicitly: torch's deprecation notice of TorchScript is no news here
+                warnings.simplefilter("ignore", DeprecationWarning)
+                try:
+                    prog = torch.jit.script(net)
+                    info["how"] = "torch.jit.script"
+                except Exception:
+                    prog = torch.jit.trace(net, x)
+                    info["how"] = "torch.jit.trace"
+                prog.save(tmp)
+                loaded = torch.jit.load(tmp)
             info["max_abs_error"] = _compare(ref, loaded(x), "TorchScript")
         elif fmt == "exported":
             batch_dim = torch.export.Dim("batch", min=1, max=4096)
