@@ -326,3 +326,19 @@ def test_progress_bar(capsys):
     # a short pass shows no bar even with progress=True (tqdm delay=2 s)
     collect(model, _data(), progress=True)
     assert capsys.readouterr().err == ""
+
+
+def test_hrank_paper_compress_rates_as_layer_ratios():
+    # README example: VGG-16 --compress_rate [0.95]+[0.5]*6+[0.9]*4+[0.8]*2, i-th rate to
+    # the i-th conv; the reference prunes the first 12 convs (f - int(rate * f) kept)
+    torch.manual_seed(0)
+    model = pyprune.models.vgg16_bn()
+    x = torch.randn(1, 3, 32, 32)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    rates = [0.95] + [0.5] * 6 + [0.9] * 4 + [0.8] * 2
+    widths = [model.get_submodule(c).out_channels for c in convs]
+    pyprune.prune(model, x, method="hrank", data=[torch.randn(2, 3, 32, 32)], ratio=0.0,
+                  layer_ratios=dict(zip(convs[:12], rates[:12])), progress=False)
+    got = [model.get_submodule(c).out_channels for c in convs]
+    assert got == [f - int(r * f) for f, r in zip(widths[:12], rates[:12])] + [512]
+    assert got == [4, 32, 64, 64, 128, 128, 128, 52, 52, 52, 52, 103, 512]
