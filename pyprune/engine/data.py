@@ -2,7 +2,7 @@
 
 A data spec string names the dataset:
 
-* ``synthetic`` (or ``synthetic:train=8000,test=2000,size=24,seed=0``): the procedural
+* ``synthetic`` (or ``synthetic:train=6000,test=2000,size=24,seed=0``): the procedural
   shapes of :mod:`pyprune.engine.synthetic`, generated in memory, no download;
 * ``cifar10:DIR``: the CIFAR-10 python release (``data_batch_1`` .. ``data_batch_5`` and
   ``test_batch`` in ``DIR`` or ``DIR/cifar-10-batches-py``);
@@ -152,7 +152,7 @@ def load_data(spec: Optional[str] = None, *, image_size: Optional[int] = None) -
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "synthetic":
-        opts = _parse_kv(spec, rest, {"train": 8000, "test": 2000, "size": 24, "seed": 0})
+        opts = _parse_kv(spec, rest, {"train": 6000, "test": 2000, "size": 24, "seed": 0})
         if opts["train"] < 1 or opts["test"] < 1 or opts["size"] < 8:
             raise UsageError(f"bad data spec {spec!r}: need train >= 1, test >= 1, size >= 8")
         xtr, ytr = make_shapes(opts["train"], opts["size"], seed=opts["seed"])

@@ -73,7 +73,7 @@ class PruneJob:
     ratio: Optional[float] = None
     data: Optional[str] = None
     checkpoint: Optional[str] = None
-    epochs: int = 15
+    epochs: int = 12
     finetune_epochs: int = 8
     lr: float = 0.05
     finetune_lr: Optional[float] = None  # default lr / 5
