@@ -15,7 +15,8 @@ with ``S_c`` chosen by ``variant``:
   after the layer: the paper's best variant, "FO on BN" (a gate after BatchNorm),
   which equals the gradient of the loss with respect to a gate multiplying the
   channel's BatchNorm output.  Layers with no BatchNorm directly on their output use
-  the ``"weight"`` set.
+  the ``"weight"`` set (all layers do when ``example_inputs`` is None: the BatchNorm
+  after each layer is found in the graph traced on them).
 * ``"weight"``: the channel's filter and bias (the paper's "Weight" variant, the
   importance of the filter as a whole).
 
