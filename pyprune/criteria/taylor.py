@@ -176,7 +176,7 @@ def taylor(model: nn.Module, example_inputs: Any = None, data: Optional[Iterable
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=num_batches, desc="taylor", unit="batch", delay=2.0,
+            bar = tqdm(total=num_batches, desc="pyprune: taylor", unit="batch", delay=2.0,
                        leave=False)
         try:
             for i, batch in enumerate(it):

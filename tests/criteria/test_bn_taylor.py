@@ -223,7 +223,7 @@ def test_taylor_num_batches_and_loss_fn():
                            progress=False)
     assert calls == [1]
     torch.testing.assert_close(two["c2"], 4.0 * one["c2"], rtol=1e-5, atol=0)
-    allb = criteria.compute("taylor", m, X, data=iter(data), num_batches=None, progress=False)
+    allb = criteria.compute("taylor", m, X, data=iter(data), num_batches=None)  # default bar
     torch.testing.assert_close(allb["c2"], taylor_reference(m, data, "bn")["c2"],
                                rtol=1e-4, atol=1e-9)
 
@@ -281,6 +281,11 @@ def test_taylor_bad_inputs_name_the_argument():
 def test_taylor_through_scores_and_prune():
     m = tiny()
     data = batches(2)
+    before = state(m)
+    for kw in (dict(), dict(data=[]), dict(data=[data[0][0]])):
+        with pytest.raises(ValueError, match="data"):
+            pyprune.prune(m, X, method="taylor", ratio=0.5, progress=False, **kw)
+        same_state(m, before)
     s = pyprune.scores(m, X, method="taylor", data=data, progress=False)
     assert set(s) == {"c1", "c2", "c3", "fc"}
     pyprune.prune(m, X, method="taylor", ratio=0.5, data=data, progress=False)
