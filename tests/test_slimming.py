@@ -51,11 +51,15 @@ def backward(m, x=X, y=Y):
     F.cross_entropy(m(x.to(next(m.parameters()).dtype)), y).backward()
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lam", [1e-4, 1e-5, 0.37])
-def test_effect_is_the_reference_formula_exactly(dtype, lam):
-    m = net(dtype)
-    backward(m)
+def test_effect_is_the_reference_formula_exactly(dtype, lam, device):
+    m = net(dtype).to(device)
+    backward(m, X.to(device), Y.to(device))
     before = {n: p.grad.clone() for n, p in m.named_parameters()}
     reg = slimming(m, lam=lam)
     assert reg.names == ["1", "4", "9"]
@@ -69,7 +73,12 @@ def test_effect_is_the_reference_formula_exactly(dtype, lam):
         else:
             assert torch.equal(p.grad, before[n]), n  # biases, convs, linears: untouched
     assert m[1].weight.grad[2] == before["1.weight"][2]  # sign(0) = 0
-    assert p.grad.dtype == dtype
+    assert p.grad.dtype == dtype and p.grad.device.type == device
+    # a 0-dim tensor scale (GradScaler.get_scale() on CUDA would be one): no host sync
+    g = m[1].weight.grad.clone()
+    reg.step(scale=torch.tensor(8.0, dtype=dtype, device=device))
+    torch.testing.assert_close(m[1].weight.grad, g + 8.0 * lam * torch.sign(m[1].weight.detach()),
+                               rtol=0, atol=0)
 
 
 def test_one_fused_call_for_all_batchnorms(monkeypatch):

@@ -80,18 +80,22 @@ def test_info():
     assert criteria.info("taylor") == criteria.CriterionInfo("required", False, "mean")
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["bn", "slim"])
-def test_bn_scores_are_abs_gamma(method):
-    m = tiny()
+def test_bn_scores_are_abs_gamma(method, device):
+    m = tiny().to(device)
     with torch.no_grad():
         m.b1.weight[2] = -0.7
     before = state(m)
-    s = criteria.compute(method, m, X)
+    s = criteria.compute(method, m, X.to(device))
     same_state(m, before)
     assert set(s) == {"c1", "c2"}  # c3 (no BN) and fc (the classifier) are not scored
-    assert torch.equal(s["c1"], m.b1.weight.detach().abs())
-    assert torch.equal(s["c2"], m.b2.weight.detach().abs())
-    assert s["c1"].dtype == torch.float32
+    assert torch.equal(s["c1"], m.b1.weight.detach().abs().cpu())
+    assert torch.equal(s["c2"], m.b2.weight.detach().abs().cpu())
+    assert s["c1"].dtype == torch.float32 and s["c1"].device.type == "cpu"
 
 
 def test_zero_gamma_channels_go_first():
@@ -187,19 +191,21 @@ def batches(n=3, b=4, seed=0):
             for _ in range(n)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("variant", ["bn", "weight"])
-def test_taylor_matches_float64_reference(dtype, variant):
-    m = tiny(dtype)
-    data = [(x.to(dtype), y) for x, y in batches()]
+def test_taylor_matches_float64_reference(dtype, variant, device):
+    m = tiny(dtype).to(device)
+    data = [(x.to(dtype), y) for x, y in batches()]  # CPU batches: moved to the model
     m.train()
     # grads present before the call must come back untouched
-    F.cross_entropy(m(data[0][0]), data[0][1]).backward()
+    F.cross_entropy(m(data[0][0].to(device)), data[0][1].to(device)).backward()
     m.c1.weight.requires_grad_(False)
     before = state(m)
-    s = criteria.compute("taylor", m, X.to(dtype), data=data, variant=variant, progress=False)
+    s = criteria.compute("taylor", m, X.to(dtype).to(device), data=data, variant=variant,
+                         progress=False)
     same_state(m, before)
-    ref = taylor_reference(m, data, variant)
+    ref = taylor_reference(m.cpu(), data, variant)
     assert set(s) == set(ref)
     tol = dict(rtol=1e-4, atol=1e-9) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-16)
     for k in ref:
