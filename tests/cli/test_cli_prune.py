@@ -218,3 +218,20 @@ def test_bench_quick(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["device"] for r in rows} >= {"cpu"}
     assert all(r["pyprune_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+
+
+def test_slim_trains_with_the_sparsity_penalty(tmp_path, capsys):
+    pytest.importorskip("pyprune.slimming")
+    gammas = {}
+    for lam in (0.0, 1.0):
+        out = str(tmp_path / f"slim{lam}")
+        args = ["prune", *TINY, "--method", "slim", "--ratio", "0.3", "--finetune-epochs", "0",
+                "--slim-lambda", str(lam), "--no-plots", "--out", out]
+        assert main(args) == 0
+        dense, _ = ckpt.load_model(os.path.join(out, "dense.pt"))
+        gammas[lam] = torch.cat([m.weight.detach().abs().flatten() for m in dense.modules()
+                                 if isinstance(m, torch.nn.BatchNorm2d)]).mean().item()
+        rep = _report(out)
+        assert rep["method"] == "slim" and rep["budget"]["kind"] == "ratio"
+    capsys.readouterr()
+    assert gammas[1.0] < 0.9 * gammas[0.0]  # the L1 penalty shrank the BatchNorm scales
