@@ -63,6 +63,8 @@ to a freshly built dense model (used by :func:`pyprune.io.load`).
 from __future__ import annotations
 
 import gc
+import logging
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -72,6 +74,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.graph import get_gradient_edge
 
+from .errors import PruningWarning
 from .ops.select import Compaction
 from .graph._core import module_dict
 from .plan import Plan, _kept_mask, _layouts
@@ -79,6 +82,7 @@ from .plan import Plan, _kept_mask, _layouts
 __all__ = ["apply_plan", "replay", "history", "HISTORY_ATTR"]
 
 HISTORY_ATTR = "_pyprune_history"
+_log = logging.getLogger("pyprune")
 _MODULE_SETATTR = nn.Module.__setattr__
 
 
@@ -286,13 +290,15 @@ def _accumulators(tensors: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, A
     """(leaf, its gradient accumulator) for every leaf of ``tensors`` that requires grad:
     the node a graph recorded so far feeds (created if no graph holds one)."""
     out = []
-    for t in tensors:
-        if t.requires_grad and t.is_leaf:
-            out.append((t, get_gradient_edge(t).node))
+    with torch.inference_mode(False), torch.enable_grad():  # where the node can be looked up
+        for t in tensors:
+            if t.requires_grad and t.is_leaf and not t.is_inference():
+                out.append((t, get_gradient_edge(t).node))
     return out
 
 
-def _guard_stale_graphs(accs: List[Tuple[torch.Tensor, Any]], names: Sequence[str]) -> None:
+def _guard_stale_graphs(model: nn.Module, accs: List[Tuple[torch.Tensor, Any]],
+                        names: Sequence[str]) -> None:
     """Makes backpropagating through a graph recorded before the surgery raise a clear
     error instead of torch's shape or version-counter errors.
 
@@ -301,7 +307,8 @@ def _guard_stale_graphs(accs: List[Tuple[torch.Tensor, Any]], names: Sequence[st
     ``grad_fn`` of every live tensor whose graph reaches one: a backward call starts at
     such a node, before any node that unpacks a saved parameter (which would fail with
     torch's "modified by an inplace operation").  Finding them walks the objects the
-    garbage collector tracks, only in that case.
+    garbage collector tracks, only in that case; a DistributedDataParallel wrapping
+    ``model`` (its reducer holds the old accumulators) is warned about then.
     """
     if not accs:
         return
@@ -350,8 +357,12 @@ def _guard_stale_graphs(accs: List[Tuple[torch.Tensor, Any]], names: Sequence[st
         return memo[key]
 
     hooked = set()
+    wrappers = 0
+    ddp_type = nn.parallel.DistributedDataParallel
     for obj in gc.get_objects():
         if not issubclass(type(obj), torch.Tensor):
+            if issubclass(type(obj), ddp_type) and obj.__dict__.get("_modules", {}).get("module") is model:
+                wrappers += 1
             continue
         try:
             fn = obj.grad_fn
@@ -360,6 +371,14 @@ def _guard_stale_graphs(accs: List[Tuple[torch.Tensor, Any]], names: Sequence[st
         if fn is not None and id(fn) not in hooked and reaches(fn):
             hooked.add(id(fn))
             fn.register_prehook(hook)
+    _log.info("surgery: %d live autograd graph(s) built before pruning now refuse backward()",
+              len(hooked))
+    if wrappers:
+        warnings.warn(
+            "pyprune: the pruned model is the .module of a DistributedDataParallel built before "
+            "pruning; its reducer hooks the old gradient accumulators and sizes its buckets for "
+            "the old shapes, so it would no longer synchronise gradients. Wrap the pruned model "
+            "again: ddp = DistributedDataParallel(ddp.module, ...)", PruningWarning, stacklevel=4)
 
 
 def _commit(model: nn.Module, prep: _Prepared, backup: bool, zero_copy: bool = False) -> None:
@@ -400,7 +419,7 @@ def _commit(model: nn.Module, prep: _Prepared, backup: bool, zero_copy: bool = F
     del job  # the old storages go now (unless something else holds them)
     if accs:
         names = list(dict.fromkeys(t["name"] for t in prep.record["tensors"]))
-        _guard_stale_graphs(accs, names)
+        _guard_stale_graphs(model, accs, names)
 
 
 def apply_plan(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None,

@@ -175,6 +175,20 @@ def test_backward_through_a_graph_from_before_pruning_raises_a_clear_error(case)
     train(model, opt)  # and training goes on
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_pruning_inside_no_grad_or_inference_mode_then_training(context):
+    model = build("resnet20")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    train(model, opt)
+    old = loss_of(model)
+    with context():
+        pyprune.prune(model, X[:1], method="l1", ratio=0.5, optimizer=opt)
+    train(model, opt)
+    assert_fresh_gradients(model)
+    with pytest.raises(RuntimeError, match=STALE):
+        old.backward()
+
+
 def test_an_old_graph_not_reaching_a_parameter_still_raises():
     # frozen weights: the old graph only leads to the input, so no pyprune hook sits on
     # it; torch's version counter check refuses it (the saved weights changed in place)
@@ -418,7 +432,8 @@ def test_ddp_is_rewrapped_after_pruning_its_module(tmp_path):
         ddp = nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
         train(ddp, opt)
-        pyprune.prune(ddp.module, X[:1], method="l1", ratio=0.5, optimizer=opt)
+        with pytest.warns(pyprune.PruningWarning, match="DistributedDataParallel"):
+            pyprune.prune(ddp.module, X[:1], method="l1", ratio=0.5, optimizer=opt)
         ddp = nn.parallel.DistributedDataParallel(ddp.module)  # wrap again, as documented
         ref = copy.deepcopy(model)
         for m in (ddp, ref):

@@ -268,6 +268,20 @@ def select_channels_(pairs: Sequence[Pair], keep: Keep, *, threads: Optional[int
     return [p[0] for p in pairs]
 
 
+def _repoint(tensors: Sequence[torch.Tensor], targets: Sequence[tuple]) -> None:
+    """``t.set_(storage, offset, sizes, strides)`` for each pair, under no_grad.  Inside
+    inference mode a normal tensor is re-pointed outside it: there ``set_`` would skip
+    autograd's bookkeeping and leave a leaf its old gradient accumulator."""
+    inference = torch.is_inference_mode_enabled()
+    with torch.no_grad():
+        for t, target in zip(tensors, targets):
+            if inference and not t.is_inference():
+                with torch.inference_mode(False), torch.no_grad():
+                    t.set_(*target)
+            else:
+                t.set_(*target)
+
+
 class Compaction:
     """One validated :func:`select_channels_` call over a batch of tensors: run it,
     in place or into right-sized new storages, and undo it (surgery's rollback).
@@ -332,9 +346,7 @@ class Compaction:
             targets = self._copy_out()
         else:
             targets = self._in_place(backup and undoable)
-        with torch.no_grad():
-            for t, target in zip(tensors, targets):
-                t.set_(*target)
+        _repoint(tensors, targets)
 
     def _copy_out(self) -> list:
         outs = [torch.empty_strided(sizes, strides, dtype=t.dtype, device=self.device)
@@ -370,9 +382,8 @@ class Compaction:
         never started."""
         if self._saved is None:
             return
+        _repoint(self.tensors, self._saved)
         with torch.no_grad():
-            for t, saved in zip(self.tensors, self._saved):
-                t.set_(*saved)
             if self._snapshot:
                 self.batch.restore(self.nthreads)
             if self._fronts is not None:
