@@ -176,7 +176,9 @@ def _prune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         if not args.out:
             raise UsageError("--out DIR is required (where the model, report and plots go)")
-        if args.model is None:
+        if args.model is None and args.checkpoint:
+            model, kwargs = None, ({"width": args.width} if args.width is not None else {})
+        elif args.model is None:
             model, kwargs = DEFAULT_MODEL, dict(DEFAULT_MODEL_KWARGS)
             if args.width is not None:
                 kwargs["width"] = args.width

@@ -65,7 +65,7 @@ class PruneJob:
     """Settings of one ``pyprune prune`` run (the command-line flags)."""
 
     out: str
-    model: str = DEFAULT_MODEL
+    model: Optional[str] = DEFAULT_MODEL  # None with a checkpoint: the model it records
     model_kwargs: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL_KWARGS))
     method: Optional[str] = None
     flops: Optional[float] = None
