@@ -2,7 +2,6 @@
 prune / fine-tune / prune again / save / load cycle with method="slim"."""
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -62,7 +61,7 @@ def test_effect_is_the_reference_formula_exactly(dtype, lam, device):
     backward(m, X.to(device), Y.to(device))
     before = {n: p.grad.clone() for n, p in m.named_parameters()}
     reg = slimming(m, lam=lam)
-    assert reg.names == ["1", "4", "9"]
+    assert isinstance(reg, Slimming) and reg.names == ["1", "4", "9"]
     reg.step()
     for n, p in m.named_parameters():
         mod = m.get_submodule(n.rsplit(".", 1)[0])
