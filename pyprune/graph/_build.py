@@ -14,9 +14,14 @@ from torch import fx
 from ._core import (AttrMember, GraphState, Node, TensorMember, TensorShape, find_root, map_nodes,
                     module_dict)
 from ._eager import DataDependent, trace_eager
-from .handlers import READS_PARAMETERS, Context, _elementwise, lookup, unknown
+from .handlers import READS_PARAMETERS, Context, _elementwise, describe_reason, lookup, unknown
 
-__all__ = ["GraphError", "Group", "DependencyGraph", "build_graph"]
+__all__ = ["GraphError", "Group", "DependencyGraph", "build_graph", "reason_op"]
+
+
+def reason_op(reason: str) -> str:
+    """The op a reason names (its text before the first ``": "``)."""
+    return reason.split(": ", 1)[0]
 
 
 class GraphError(RuntimeError):
@@ -239,6 +244,21 @@ class DependencyGraph:
     def prunable_groups(self) -> List[Group]:
         return [g for g in self.groups if g.prunable]
 
+    def unprunable_ops(self) -> Dict[str, Dict[str, int]]:
+        """What keeps groups whole, per op: ``{op: {"groups": n, "channels": c}}``, most
+        channels first.  Every reason starts with the op that caused it (``"torch.max_pool2d:
+        ..."``, ``"nn.LayerNorm: ..."``; see :attr:`Group.reasons`); each group counts once
+        per op.  Model outputs (never pruned by design) are not counted."""
+        out: Dict[str, Dict[str, int]] = {}
+        for g in self.groups:
+            if g.prunable or g.size == 0:
+                continue
+            for op in dict.fromkeys(reason_op(r) for r in g.reasons if r != "model output"):
+                c = out.setdefault(op, {"groups": 0, "channels": 0})
+                c["groups"] += 1
+                c["channels"] += g.size
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1]["channels"], kv[0])))
+
     def flat_index(self, elems: Sequence[int], block: int = 1) -> torch.Tensor:
         """Flat channel index (``group.offset + channel``) of each index along a dim."""
         idx = self._flat[torch.as_tensor(list(elems), dtype=torch.int64)]
@@ -439,6 +459,11 @@ def build_graph(model: nn.Module, example_inputs: Any, *,
         raise ValueError(f"tracer must be 'auto', 'eager' or 'fx', got {tracer!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            f"model is a TorchScript module ({type(model).__name__}, from torch.jit.trace or "
+            "torch.jit.script): its ops cannot be traced, so no channel could be pruned. "
+            "Pass the original nn.Module and script or trace the pruned model afterwards")
     inputs = _as_tuple(example_inputs)
     before = set(model.__dict__)
     try:
@@ -585,7 +610,8 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
         target = ctx.modules[node.target] if node.op == "call_module" else node.target
         handler = lookup(node, target)
         if handler is unknown and node.op == "call_module":
-            why_op = f"tensor used inside module {node.target}, which the graph does not handle"
+            why_op = describe_reason(node, ctx, "its parameters are used inside it, which the "
+                                                "graph does not understand")
             for pname, p in list(target.named_parameters()) + list(target.named_buffers()):
                 if id(p) in param_names:
                     state.opaque_tensors.setdefault(param_names[id(p)], why_op)
@@ -596,18 +622,20 @@ def _build(model: nn.Module, inputs: Tuple[Any, ...], leaf_modules: List[Any],
                     if obj is not None and id(obj) in param_names:
                         state.opaque_tensors.setdefault(
                             param_names[id(obj)],
-                            f"tensor {a.target} is read directly by node {node.name}")
+                            describe_reason(node, ctx, f"reads the model's tensor {a.target} "
+                                                       "directly"))
         try:
             ctx.env[node] = handler(ctx, node, target)
         except Exception as e:  # noqa: BLE001 - a handler bug must not give a wrong model
-            ctx.freeze_all(node, f"handler for node {node.name} failed "
-                                 f"({type(e).__name__}: {e}); its channels are kept whole")
+            ctx.freeze_all(node, describe_reason(
+                node, ctx, f"handler failed ({type(e).__name__}: {e}); kept whole"))
             ctx.env[node] = None
     for path in fallbacks:
         mod = ctx.modules[path]
         for p in list(mod.parameters()) + list(mod.buffers()):
             if id(p) in param_names:
                 state.opaque_tensors.setdefault(
-                    param_names[id(p)], f"tensor used inside untraceable module {path}")
+                    param_names[id(p)], f"{type(mod).__name__}: tensor used inside it, and "
+                                        f"torch.fx could not trace it (at module {path})")
     return DependencyGraph(model, state, fallbacks, nodes, "fx" if fx_graph is not None
                            else "eager", fx_graph, why)

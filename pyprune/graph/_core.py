@@ -230,7 +230,7 @@ class GraphState:
             self.unify(m.elems, elems)
         else:  # same tensor slice seen with an incompatible layout: never prune it
             self.freeze(list(m.elems) + list(elems),
-                        f"tensor {name} (dim {dim}) is used with incompatible channel layouts")
+                        f"shared tensor {name}: used with incompatible channel layouts (dim {dim})")
         if module not in m.modules:
             m.modules.append(module)
 
@@ -244,7 +244,7 @@ class GraphState:
             self.unify(m.elems, elems)
         else:
             self.freeze(list(m.elems) + list(elems),
-                        f"attribute {module}.{attr} is used with incompatible channel layouts")
+                        f"shared attribute {module}.{attr}: used with incompatible channel layouts")
 
     def set_out(self, module: str, elems: Sequence[int], block: int) -> None:
         old = self.out_maps.get(module)
@@ -254,4 +254,4 @@ class GraphState:
             self.unify(old[0], elems)
         else:
             self.freeze(list(old[0]) + list(elems),
-                        f"module {module} is called with incompatible channel layouts")
+                        f"shared module {module}: called with incompatible channel layouts")

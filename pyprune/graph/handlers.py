@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from ._core import ChannelInfo, GraphState, Node, TensorShape, map_nodes, module_dict
 from ._eager import SizeInt as SizeIntLike
 
-__all__ = ["HANDLERS", "Context", "Handler", "lookup", "unknown"]
+__all__ = ["HANDLERS", "Context", "Handler", "lookup", "unknown", "describe_reason",
+           "READS_PARAMETERS", "TUPLE_ATTRS"]
 
 Result = Union[ChannelInfo, None, tuple]
 Handler = Callable[["Context", Node, Any], Result]
@@ -152,7 +153,7 @@ def _op(node: Node, ctx: Optional["Context"] = None) -> str:
         if m is None:
             return f"module {t}"
         if isinstance(m, torch.jit.ScriptModule):
-            return f"TorchScript module ({type(m).__name__}; original {m.original_name})"
+            return f"TorchScript module {m.original_name}"
         return _cls(m)
     if node.op == "call_method":
         return f"Tensor.{t}"
@@ -165,6 +166,12 @@ def _op(node: Node, ctx: Optional["Context"] = None) -> str:
         return f"operator.{name}"
     mod = getattr(t, "__module__", None)
     return f"{mod}.{name}" if mod else name
+
+
+def describe_reason(node: Node, ctx: Optional["Context"], text: str) -> str:
+    """A reason for keeping channels whole: ``"<op>: <text> (at <node or module>)"``, the
+    op as a user writes it (``torch.max_pool2d``, ``Tensor.view``, ``nn.LayerNorm``)."""
+    return _why(node, text, ctx)
 
 
 def _why(node: Node, text: str, ctx: Optional["Context"] = None) -> str:
@@ -191,6 +198,9 @@ def unknown(ctx: Context, node: Node, target: Any) -> Result:
     if why is not None:
         ctx.freeze_all(node, f"{_op(node, ctx)}: could not be traced by torch.fx ({why}); "
                              f"kept whole (at module {node.target})")
+    elif node.op == "call_module" and isinstance(target, torch.jit.ScriptModule):
+        ctx.freeze_all(node, _why(node, "the graph cannot see inside TorchScript; kept whole",
+                                  ctx))
     else:
         ctx.freeze_all(node, _why(node, "not understood by the graph", ctx))
     return None

@@ -473,3 +473,96 @@ def test_every_reason_starts_with_the_op():
                 assert op and " (at " in r, r
                 assert op.startswith(("torch.", "Tensor.", "nn.", "operator.", "fx")) or \
                     "." in op, r
+
+
+JIT_DEPRECATED = "ignore:`torch.jit.trace.*` is deprecated:DeprecationWarning"
+
+
+@pytest.mark.filterwarnings(JIT_DEPRECATED)
+def test_torchscript_model_is_refused_and_a_scripted_submodule_is_named():
+    model, x = make("residual")
+    traced = torch.jit.trace(model, (x,))
+    with pytest.raises(TypeError, match="TorchScript module.*Pass the original nn.Module"):
+        build_graph(traced, x)
+    with torch.no_grad():
+        model.b1 = torch.jit.trace(model.b1, (model.stem(x),))
+    g = build_graph(model, x)
+    ops = g.unprunable_ops()
+    assert any(op.startswith("TorchScript module") for op in ops), ops
+    assert "the graph cannot see inside TorchScript" in g.explain("stem.0")
+
+
+def test_unprunable_ops_counts_groups_per_op():
+    class Pools(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = cbr(3, 4), cbr(4, 4), cbr(4, 2)
+
+        def forward(self, x):
+            x = torch.nn.functional.lp_pool2d(self.a(x), 2, 2)
+            return self.c(torch.special.erf(self.b(x)))
+
+    g = build_graph(Pools().eval(), torch.randn(1, 3, 8, 8))
+    ops = g.unprunable_ops()
+    assert ops == {"torch.special.special_erf": {"groups": 1, "channels": 4}} or \
+        list(ops.values()) == [{"groups": 1, "channels": 4}], ops
+    assert not _group(g, "b.0").prunable and _group(g, "a.0").prunable
+
+
+class _ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise conv, permute to channels-last, LayerNorm(C), Linear on the
+    last dim, a layer-scale parameter, permute back, residual add; then a LayerNorm2d-style
+    F.layer_norm with the module's own normalized_shape."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 1)
+        self.dw = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        self.ln = nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+        self.gamma = nn.Parameter(torch.full((c, 1, 1), 0.5))
+        self.ln2 = nn.LayerNorm(c)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.ln(y)))).permute(0, 3, 1, 2)
+        x = x + self.gamma * y
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.ln2.normalized_shape, self.ln2.weight,
+                         self.ln2.bias).permute(0, 3, 1, 2)
+        return self.head(x.mean([2, 3]))
+
+
+def test_layer_norm_over_channels_waits_for_tuple_attributes(monkeypatch):
+    import pyprune.graph.handlers as H
+
+    model, x = _ConvNeXtBlock().eval(), torch.randn(1, 3, 4, 4)
+    monkeypatch.setattr(H, "TUPLE_ATTRS", False)
+    g = build_graph(model, x)
+    assert not _group(g, "stem").prunable and _group(g, "fc1").prunable
+    assert "nn.LayerNorm: normalized_shape is a tuple attribute" in g.explain("stem")
+    monkeypatch.setattr(H, "TUPLE_ATTRS", True)
+    g = build_graph(model, x)
+    grp = _group(g, "stem")
+    assert grp.prunable, g.explain("stem")
+    assert {"ln.weight", "ln.bias", "gamma", "ln2.weight", "dw.weight"} <= {
+        m.name for m in grp.members}
+    assert _member(g, "gamma", 0).role == "out"
+    attrs = {(a.module, a.attr): a for a in g.attr_members}
+    assert attrs[("ln", "normalized_shape")].index == 0
+    assert attrs[("ln2", "normalized_shape")].index == 0
+    assert torch.equal(g.member_index(_member(g, "fc1.weight", 1)), g.out_index("stem"))
+
+
+def test_layer_norm_over_more_than_the_channels_is_kept_whole(monkeypatch):
+    import pyprune.graph.handlers as H
+
+    monkeypatch.setattr(H, "TUPLE_ATTRS", True)
+    model = Between(nn.LayerNorm([8, 8]))  # over (W, ...) of an NCHW map: channels alone
+    g = build_graph(model.eval(), torch.randn(1, 3, 8, 8))
+    assert _group(g, "a.0").prunable
+    model = Between(lambda t: F.layer_norm(t, t.shape[1:]))  # over C, H, W: mixes
+    g = build_graph(model.eval(), torch.randn(1, 3, 8, 8))
+    assert not _group(g, "a.0").prunable
+    assert "torch.nn.functional.layer_norm: normalises the channels together" in g.explain("a.0")
