@@ -188,7 +188,10 @@ def search(event_group: np.ndarray, n_groups: int,
     neither is within :data:`TOLERANCE` (one channel of a group coupled across many
     layers, a residual stream, can weigh more than 1%), the steps after the bracket are
     tried one by one from its upper side, each kept unless it would undershoot the
-    target by more than the tolerance (then its group takes no further step).
+    target by more than a quarter of the tolerance, then by more than the tolerance
+    (a step refused blocks its group's further steps); the closest plan found wins.
+    This also runs when the bisection's plan is more than a quarter of the tolerance
+    off, so results are usually well inside it.
 
     Raises ValueError naming the closest reachable value when even the whole order
     keeps more than ``target * (1 + TOLERANCE)`` (``limits`` says what limits pruning).
@@ -234,23 +237,32 @@ def search(event_group: np.ndarray, n_groups: int,
                 hi = mid
         # the closer of the two neighbours (ties: the one within the target)
         best = hi if abs(at(hi)[1] - target) <= abs(at(lo)[1] - target) else lo
-        if abs(at(best)[1] / target - 1.0) > TOLERANCE:
-            refined = _refine(event_group, lo, counts(lo), at(lo)[1], target, value)
-            if refined is not None:
-                removed, mask, val = refined
-                return BudgetResult(removed, mask, val, target, hi_val, evals, lo)
+        if abs(at(best)[1] / target - 1.0) > TOLERANCE / 4:
+            # try closer: steps undershooting by at most a quarter of the tolerance,
+            # then (if that is not enough) by at most the tolerance; the closest wins
+            cands = [(counts(best),) + at(best)]
+            for slack in (TOLERANCE / 4, TOLERANCE):
+                refined = _refine(event_group, lo, counts(lo), target, target * (1 - slack),
+                                  value)
+                if refined is not None:
+                    cands.append(refined)
+                    if abs(refined[2] / target - 1.0) <= TOLERANCE / 4:
+                        break
+            removed, mask, val = min(cands, key=lambda c: abs(c[2] - target))
+            return BudgetResult(removed, mask, val, target, hi_val, evals, best)
     mask, val = at(best)
     return BudgetResult(counts(best), mask, val, target, hi_val, evals, best)
 
 
-def _refine(event_group: np.ndarray, start: int, removed: np.ndarray, val: float,
-            target: float, value: Callable[[np.ndarray], Tuple[np.ndarray, float]]
+def _refine(event_group: np.ndarray, start: int, removed: np.ndarray, target: float,
+            floor: float, value: Callable[[np.ndarray], Tuple[np.ndarray, float]]
             ) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
-    """Steps after ``start`` one by one (see :func:`search`); the closest state found."""
+    """Steps after ``start`` one by one, each kept unless its value falls below
+    ``floor`` (then its group takes no further step), until the value is at most
+    ``target`` (see :func:`search`); the state closest to ``target`` found."""
     removed = removed.copy()
     blocked = np.zeros(int(removed.size), dtype=bool)
     best: Optional[Tuple[np.ndarray, np.ndarray, float]] = None
-    floor = target * (1.0 - TOLERANCE)
     for g in event_group[start:start + MAX_REFINE].tolist():
         if blocked[g]:
             continue
