@@ -23,7 +23,8 @@ a thread every 0.2 ms while the call runs (the native kernels release the GIL):
 
 On CUDA (``--device cuda``) the peak is ``torch.cuda.max_memory_allocated`` above the
 allocation before the call.  Times are medians of ``--runs`` runs of each mode,
-interleaved (default, zero_copy, default, ...) after a warm-up run of each.
+interleaved (default, zero_copy, zero_copy without backup, default, ...) after a warm-up
+run of each.
 
     python benchmarks/bench_memory.py --runs 5 --json bench_out/memory.json
 """
@@ -56,7 +57,8 @@ MODELS: Dict[str, Callable[[], nn.Module]] = {
     "vgg16_bn_x4": lambda: vgg16_bn(width=4),
     "vgg16_bn": lambda: vgg16_bn(),
 }
-MODES = {"default": {}, "zero_copy": {"zero_copy": True}}
+MODES = {"default": {}, "zero_copy": {"zero_copy": True},
+         "zero_copy,no_backup": {"zero_copy": True, "backup": False}}
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -246,11 +248,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                          f"{r['peak_extra_rss'] / mib:.1f}" if "peak_extra_rss" in r else "-",
                          f"{r['peak_extra_heap'] / r['value_bytes']:.2f}",  # against the pruned touched tensors
                          f"{r['time_surgery']:.3f}", f"{r['time_total']:.3f}"])
-        zc, df = (next(r for r in records if r["setting"] == setting and r["mode"] == m)
-                  for m in ("zero_copy", "default"))
-        rows.append([setting, "default/zero_copy", "", "", "", "", "", "", "",
-                     f"{df['time_surgery'] / zc['time_surgery']:.2f}x",
-                     f"{df['time_total'] / zc['time_total']:.2f}x"])
+        df = next(r for r in records if r["setting"] == setting and r["mode"] == "default")
+        for m in list(MODES)[1:]:
+            zc = next(r for r in records if r["setting"] == setting and r["mode"] == m)
+            rows.append([setting, f"default/{m}", "", "", "", "", "", "", "",
+                         f"{df['time_surgery'] / zc['time_surgery']:.2f}x",
+                         f"{df['time_total'] / zc['time_total']:.2f}x"])
     print(f"{args.model}, L1 50%, {args.device}; MiB; peak extra = highest level above the start "
           f"during build_graph + scores + plan + apply_plan; median of {args.runs} interleaved runs")
     print_table(["setting", "mode", "dense", "pruned values", "pruned storage", "peak extra (heap)",

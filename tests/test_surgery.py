@@ -493,3 +493,97 @@ def test_compaction_runs_and_undoes(compact_storage):
     job = _InPlace("select_channels_", [(w, 0)], torch.tensor([0, 5]), None)
     job.run()
     assert w.shape == (2, 16, 3, 3)
+
+
+def _heap_reader():
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo2
+
+    def heap():
+        m = fn()
+        return m.uordblks + m.hblkhd
+    return heap
+
+
+def _vgg_plan(**kw):
+    from pyprune.models import vgg16_bn
+
+    torch.manual_seed(0)
+    model = vgg16_bn(**kw).eval()
+    x = torch.randn(1, 3, 32, 32)
+    return model, make_plan(build_graph(model, x), random_scores(model, seed=0), ratio=0.5)
+
+
+def test_peak_extra_memory_of_the_surgery_is_at_most_the_pruned_size():
+    # glibc's count of the bytes malloc has handed out (torch's CPU allocator and the
+    # native code both allocate there), read by a thread while apply_plan runs
+    import threading
+
+    heap = _heap_reader()
+    if heap is None:
+        pytest.skip("needs glibc's mallinfo2")
+    model, plan = _vgg_plan()
+    dense = sum(t.numel() * t.element_size() for t in _touched(model).values())
+    gc_peak = {"v": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            gc_peak["v"] = max(gc_peak["v"], heap())
+            stop.wait(1e-4)
+
+    base = heap()
+    gc_peak["v"] = base
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        apply_plan(model, plan)
+    finally:
+        stop.set()
+        th.join()
+    pruned = sum(t.numel() * t.element_size() for t in _touched(model).values())
+    extra = gc_peak["v"] - base
+    assert pruned < dense / 3
+    assert extra <= pruned * 1.05 + (1 << 20), (extra, pruned)
+    assert heap() - base < -(dense - pruned) * 0.9  # and the dense storages are gone
+
+
+@pytest.mark.cuda
+def test_peak_extra_cuda_memory_of_the_surgery_is_at_most_the_pruned_size():
+    model, _ = _vgg_plan()
+    model.cuda()
+    x = torch.randn(1, 3, 32, 32, device="cuda")
+    plan = make_plan(build_graph(model, x), random_scores(model, seed=0), ratio=0.5)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    apply_plan(model, plan)
+    torch.cuda.synchronize()
+    pruned = sum(t.numel() * t.element_size() for t in _touched(model).values())
+    assert torch.cuda.max_memory_allocated() - before <= pruned * 1.05 + (1 << 20)
+    assert torch.cuda.memory_allocated() - before < 0
+    _assert_compact(_touched(model))
+
+
+def test_prune_passes_zero_copy_through():
+    import pyprune
+
+    model, g, plan = setup()
+    ptr = model.c1.weight.untyped_storage().data_ptr()
+    pyprune.prune(model, X, method="l1", ratio=0.5, zero_copy=True)
+    w = model.c1.weight
+    assert w.shape[0] == 4 and w.untyped_storage().data_ptr() == ptr
+    assert w.untyped_storage().nbytes() > w.numel() * w.element_size()
+    other, _, _ = setup()
+    pyprune.prune(other, X, method="l1", ratio=0.5)
+    _assert_compact(_touched(other))
+    for (n, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), n
