@@ -289,3 +289,19 @@ def test_fsdp_is_refused_without_gpus():
     nn.Module.__init__(fake)
     with pytest.raises(TypeError, match="sharded by FSDP.*Prune the unwrapped model"):
         api.prune(fake, X, "l1")
+
+
+DATA_METHODS = [m for m in sorted(criteria.CRITERIA) if criteria.info(m).data == "required"]
+
+
+@pytest.mark.parametrize("method", DATA_METHODS)
+def test_data_driven_methods_bad_data_is_one_clear_error_model_unchanged(method):
+    model = pyprune.models.resnet20().eval()
+    x = torch.randn(2, 3, 32, 32)
+    snap = snapshot(model)
+    for data, exc, match in [(None, ValueError, r"needs data"), ([], ValueError, r"data is empty"),
+                             ([torch.randn(2, 5, 32, 32)], ValueError, r"^data"),
+                             (3, TypeError, r"data must be an iterable")]:
+        with pytest.raises(exc, match=match):
+            api.prune(model, x, method, data=data)
+        assert_unchanged(model, snap)

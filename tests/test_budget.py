@@ -256,3 +256,18 @@ def test_second_budget_is_relative_to_the_model_given():
     mid = pyprune.profile(model, X)
     pyprune.prune(model, X, "l1", params=0.5)
     assert abs(pyprune.profile(model, X).params / mid.params / 0.5 - 1) <= TOLERANCE
+
+
+DATA_METHODS = [m for m in sorted(criteria.CRITERIA) if criteria.info(m).data == "required"]
+
+
+@pytest.mark.parametrize("method", DATA_METHODS)
+@pytest.mark.parametrize("kind", ["flops", "params"])
+def test_budget_with_data_driven_methods(method, kind):
+    model = fresh("resnet20")
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g))
+            for _ in range(2)]
+    dense = pyprune.profile(model, X)
+    pyprune.prune(model, X, method, data=data, progress=False, **{kind: 0.5})
+    assert abs(achieved(model, dense, kind) / 0.5 - 1) <= TOLERANCE
