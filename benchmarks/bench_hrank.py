@@ -17,8 +17,11 @@ in batches of ``--batch``):
 
 The hook points of (a) and (b) are the tensors pyprune scores (the ReLU after each
 conv -> BN, after the residual add in a ResNet block), one per distinct tensor.
-Correctness first: pyprune's mean ranks must equal (b)'s on all images and (a)'s on
-its images.  Then timing: pyprune, (b) and (c) interleaved, median of ``--runs`` runs
+Correctness first: on the first batch, map by map, pyprune's rank equals the count of
+a float64 SVD under the float32 tolerance rule wherever no singular value lies within
+1% of the tolerance (asserted); how often torch.linalg.matrix_rank (a float32 SVD)
+disagrees with pyprune is reported, as is the difference of the whole-model rank sums
+of pyprune and (b) over all images and of pyprune and (a) on (a)'s images.  Then timing: pyprune, (b) and (c) interleaved, median of ``--runs`` runs
 after a warm-up.
 
 Memory (``--memory``): each of pyprune and (c) runs in a fresh subprocess; after the
@@ -66,6 +69,36 @@ def distinct_points(model, x) -> Dict[Tuple, Tuple[str, List[str]]]:
         assert p.where == "output", p
         out.setdefault(p.key, (p.module, []))[1].append(conv)
     return out
+
+
+def check_maps(model, inputs, points) -> Dict[str, int]:
+    """Map-by-map ranks of one batch at every hook point: pyprune vs float64 SVD vs torch."""
+    modules = dict(model.named_modules())
+    res = {"maps": 0, "ambiguous": 0, "torch_differs": 0}
+    eps = torch.finfo(torch.float32).eps
+
+    def hook(mod, inp, outp):
+        a = outp.detach()
+        n, c, h, w = a.shape
+        ours = pyprune.ops.matrix_rank(a)
+        theirs = torch.linalg.matrix_rank(a)
+        sv = torch.linalg.svdvals(a.double().reshape(n * c, h, w))
+        tol = eps * max(h, w) * sv[:, :1]
+        exact = (sv > tol).sum(1).reshape(n, c)
+        amb = ((sv > tol * 1.01).sum(1) != (sv > tol * 0.99).sum(1)).reshape(n, c)
+        assert torch.equal(ours[~amb], exact[~amb]), mod
+        res["maps"] += n * c
+        res["ambiguous"] += int(amb.sum())
+        res["torch_differs"] += int((ours != theirs).sum())
+
+    handles = [modules[name].register_forward_hook(hook) for name, _ in points.values()]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return res
 
 
 def run_pyprune(model, data, x):
@@ -195,27 +228,45 @@ def main(argv=None) -> int:
         model, data = make(name, args.images, args.batch)
         x = data[0][0][:1]
         points = distinct_points(model, x)
-        # correctness: pyprune == torch batched on all images, == reference on its images
-        ours = run_pyprune(model, data, x)
-        theirs = run_torch_batched(model, data, points)
-        assert set(ours) == set(theirs), (set(ours) ^ set(theirs))
-        for k in ours:
-            assert torch.equal(ours[k], theirs[k]), (name, k)
+        # correctness first, map by map on the first batch: pyprune's rank of every map
+        # equals a float64 SVD's count under the float32 rule (where no singular value
+        # lies within 1% of tol); torch.linalg.matrix_rank (a float32 SVD) may differ there
+        chk = check_maps(model, data[0][0], points)
+        print(f"{name}: first batch, {chk['maps']} maps: pyprune == float64 SVD on every "
+              f"unambiguous map ({chk['ambiguous']} ambiguous); torch.linalg.matrix_rank differs "
+              f"from pyprune on {chk['torch_differs']} maps")
         ref_data = [(data[0][0][:args.ref_images], None)]
         t0 = time.perf_counter()
         ref = run_reference(model, ref_data, points)
         t_ref = (time.perf_counter() - t0) * args.images / args.ref_images
         ours_small = run_pyprune(model, ref_data, x)
-        for k in ours_small:
-            assert torch.allclose(ours_small[k], ref[k], rtol=1e-6, atol=1e-6), (name, k)
-        print(f"{name}: ranks agree with torch batched ({len(ours)} convs, {len(points)} hooked "
-              f"tensors, {args.images} images) and with the reference ({args.ref_images} images)")
+        ref_diff = max(float((ours_small[k] - ref[k]).abs().max()) for k in ref) * args.ref_images
+        print(f"{name}: reference on {args.ref_images} images: {t_ref * args.ref_images / args.images:.1f} s; "
+              f"max |rank sum difference| vs pyprune {ref_diff:.3g} maps")
+        out = {}
+
+        def ours_fn():
+            out["pyprune"] = run_pyprune(model, data, x)
+
+        def theirs_fn():
+            out["torch"] = run_torch_batched(model, data, points)
+
         times = median_times({
-            "pyprune": lambda: run_pyprune(model, data, x),
-            "torch_batched": lambda: run_torch_batched(model, data, points),
+            "pyprune": ours_fn,
+            "torch_batched": theirs_fn,
             "forward": lambda: run_forward(model, data),
         }, runs=args.runs, warmup=1)
+        assert set(out["pyprune"]) == set(out["torch"])
+        firsts = [convs[0] for _, convs in points.values()]   # one conv per hooked tensor
+        total_maps = args.images * sum(model.get_submodule(c).out_channels for c in firsts)
+        n_diff = sum(float((out["pyprune"][c] - out["torch"][c]).abs().sum()) * args.images
+                     for c in firsts)
+        print(f"{name}: all {args.images} images: pyprune and torch batched rank sums differ by "
+              f"{n_diff:.0f} (of {total_maps} maps)")
         rec = {"model": name, "images": args.images, "batch": args.batch, "runs": args.runs,
+               "maps_checked": chk["maps"], "ambiguous_maps": chk["ambiguous"],
+               "torch_differs_first_batch": chk["torch_differs"], "rank_sum_diff_vs_torch": n_diff,
+               "total_maps": total_maps, "reference_rank_sum_diff": ref_diff,
                "pyprune_s": times["pyprune"], "torch_batched_s": times["torch_batched"],
                "forward_s": times["forward"], "reference_s_scaled": t_ref,
                "reference_images_timed": args.ref_images,
@@ -227,6 +278,7 @@ def main(argv=None) -> int:
             rec.update(peak_pyprune_bytes=mem["pyprune"], peak_forward_bytes=mem["forward"],
                        peak_ratio=mem["pyprune"] / max(mem["forward"], 1))
         records.append(rec)
+        print(json.dumps(rec), flush=True)
         row = [name, f"{rec['reference_s_scaled']:.1f}", f"{rec['torch_batched_s']:.2f}",
                f"{rec['forward_s']:.2f}", f"{rec['pyprune_s']:.2f}", f"{rec['vs_reference']:.1f}x",
                f"{rec['vs_torch_batched']:.2f}x", f"{rec['of_forward']:.3f}x"]
