@@ -359,9 +359,14 @@ def _guard_stale_graphs(model: nn.Module, accs: List[Tuple[torch.Tensor, Any]],
     hooked = set()
     wrappers = 0
     ddp_type = nn.parallel.DistributedDataParallel
+    kinds: Dict[type, int] = {}  # per type: 0 other, 1 tensor, 2 DDP (one subclass check each)
     for obj in gc.get_objects():
-        if not issubclass(type(obj), torch.Tensor):
-            if issubclass(type(obj), ddp_type) and obj.__dict__.get("_modules", {}).get("module") is model:
+        tp = type(obj)
+        kind = kinds.get(tp)
+        if kind is None:
+            kind = kinds[tp] = 1 if issubclass(tp, torch.Tensor) else 2 if issubclass(tp, ddp_type) else 0
+        if kind != 1:
+            if kind == 2 and obj.__dict__.get("_modules", {}).get("module") is model:
                 wrappers += 1
             continue
         try:
