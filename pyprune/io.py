@@ -15,7 +15,7 @@ The file is a dict of plain Python data and tensors, no pickled code::
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from typing import Any, Callable, Dict, List, Union
 
 import torch
@@ -75,7 +75,15 @@ def save(model: nn.Module, path: PathLike) -> None:
         return
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pyprune-", suffix=".tmp", dir=folder)
+    # like open(path, "wb"): permissions 0o666 less the umask (mkstemp would give 0o600)
+    while True:
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+            break
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

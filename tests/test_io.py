@@ -1,6 +1,9 @@
 """save / load: plain-data files (weights_only) that rebuild the pruned model."""
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 import torch.nn as nn
@@ -214,6 +217,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     save(model, path)  # replaces the file
     assert len(torch.load(path, weights_only=True)["history"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask  # as open(path, "wb")
 
 
 def test_save_and_load_file_objects_and_summaries(tmp_path):
