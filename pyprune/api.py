@@ -448,8 +448,6 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1",
     after_flops = None
     if budget is not None:
         _, after_flops = budget.cost.evaluate(plan.kept_mask())
-    apply_plan(model, plan, **surgery_kw)
-
     request = {"ratio": None if (targets or config.global_ratio is not None) else asked_ratio,
                "global_ratio": config.global_ratio, "flops": flops, "params": params,
                "layer_ratios": len(config.layer_ratios) or None,
@@ -457,8 +455,10 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1",
                "budget_mode": budget_mode if targets else None,
                "normalize": config.normalize if (targets and budget_mode == "global")
                or config.global_ratio is not None else None}
-    summary = _summarize(method, request, graph, plan, before, model,
+    summary = _summarize(method, request, graph, plan, before,
                          None if budget is None else budget.cost.dense_flops, after_flops)
+    apply_plan(model, plan, **surgery_kw)  # the only step that changes the model
+    summary.params_after = sum(p.numel() for p in model.parameters())
     if targets:
         asked_nothing = next(iter(targets.values())) == 1.0
     else:
@@ -485,8 +485,9 @@ def _stats(model: nn.Module, graph: DependencyGraph) -> Dict[str, Any]:
 
 
 def _summarize(method: str, request: Dict[str, Any], graph: DependencyGraph, plan: Plan,
-               before: Dict[str, Any], model: nn.Module, flops_before: Optional[int],
+               before: Dict[str, Any], flops_before: Optional[int],
                flops_after: Optional[int]) -> PruneSummary:
+    """The summary of ``plan`` (made before surgery; ``params_after`` is set after it)."""
     mask = plan.kept_mask()
     layers: Dict[str, List[int]] = {}
     for gid in sorted(plan.keep):
@@ -506,8 +507,7 @@ def _summarize(method: str, request: Dict[str, Any], graph: DependencyGraph, pla
         method=method, request=request, groups=len(graph.groups),
         prunable=len(graph.prunable_groups), pruned=len(plan.keep),
         channels_before=int(before["channels"]), channels_after=int(mask.sum()),
-        params_before=int(before["params"]),
-        params_after=sum(p.numel() for p in model.parameters()),
+        params_before=int(before["params"]), params_after=int(before["params"]),
         flops_before=flops_before, flops_after=flops_after,
         budget=None if plan.budget is None else dict(plan.budget),
         layers=layers, skipped=skipped)
