@@ -305,3 +305,27 @@ def test_data_driven_methods_bad_data_is_one_clear_error_model_unchanged(method)
         with pytest.raises(exc, match=match):
             api.prune(model, x, method, data=data)
         assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("method", sorted(criteria.CRITERIA))
+def test_every_registered_method_through_prune_and_scores(method):
+    """prune / scores cover every criterion, driven only by its CriterionInfo."""
+    info = criteria.info(method)
+    model = pyprune.models.resnet20().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    data = [(x, torch.tensor([1, 2]))] if info.data != "none" else None
+    kw = {"progress": False} if "progress" in (criteria.options(method) or ()) else {}
+    s = api.scores(model, x, method, data=data, **kw)
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    scored = [n for n in s if n in convs]
+    assert scored, method
+    for n in scored:
+        assert s[n].shape == (convs[n].out_channels,), (method, n)
+    dense = sum(p.numel() for p in model.parameters())
+    api.prune(model, x, method, data=data, ratio=0.5, **kw)
+    assert sum(p.numel() for p in model.parameters()) < dense
+    assert model(x).shape == (2, 10)
+    summary = last_summary(model)
+    assert summary.method == method and summary.pruned > 0
+    if info.global_threshold:
+        assert summary.request["global_ratio"] == 0.5 and summary.request["ratio"] is None
