@@ -109,6 +109,8 @@ def test_coverage_with_example_inputs_is_prunable_groups_only():
     m = Head()
     assert slimming(m).names == ["b1", "b2"]
     assert slimming(m, example_inputs=X).names == ["b1"]
+    # a (Distributed)DataParallel wrapper: traced through .module, names as the wrapper's
+    assert slimming(nn.DataParallel(m), example_inputs=X).names == ["module.b1"]
     assert slimming(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False),
                                   nn.BatchNorm2d(4)))
     with pytest.raises(ValueError, match="no affine BatchNorm"):

@@ -50,16 +50,19 @@ _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-def _follower_bns(model: nn.Module, example_inputs: Any) -> Dict[str, nn.Module]:
-    """``{layer name: BatchNorm applied directly to its output}`` (the BatchNorm's
-    weight member has exactly the layer's output channel elements)."""
+def _follower_bns(model: nn.Module, example_inputs: Any) -> Dict[int, nn.Module]:
+    """``{id(layer): BatchNorm applied directly to its output}`` (the BatchNorm's weight
+    member has exactly the layer's output channel elements).  A DataParallel /
+    DistributedDataParallel wrapper is traced through its ``.module``."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
     graph = build_graph(model, example_inputs)
     mods = dict(model.named_modules())
-    by_elems: Dict[Tuple[int, ...], str] = {}
+    by_elems: Dict[Tuple[int, ...], nn.Module] = {}
     for name, (elems, block) in graph.out_maps.items():
         if block == 1 and isinstance(mods.get(name), _LAYERS):
-            by_elems.setdefault(tuple(elems), name)
-    out: Dict[str, nn.Module] = {}
+            by_elems.setdefault(tuple(elems), mods[name])
+    out: Dict[int, nn.Module] = {}
     for mem in graph.tensor_members:
         if mem.role != "out" or mem.dim != 0 or mem.block != 1 or \
                 not mem.name.endswith(".weight"):
@@ -68,8 +71,8 @@ def _follower_bns(model: nn.Module, example_inputs: Any) -> Dict[str, nn.Module]
         if not isinstance(bn, _BN) or not bn.affine:
             continue
         layer = by_elems.get(tuple(mem.elems))
-        if layer is not None and layer not in out:
-            out[layer] = bn
+        if layer is not None and id(layer) not in out:
+            out[id(layer)] = bn
     return out
 
 
@@ -139,7 +142,7 @@ def taylor(model: nn.Module, example_inputs: Any = None, data: Optional[Iterable
         w = getattr(m, "weight", None)
         if not isinstance(w, torch.Tensor) or not w.dtype.is_floating_point:
             continue
-        bn = follow.get(name)
+        bn = follow.get(id(m))
         if bn is not None:
             ps = [bn.weight] + ([bn.bias] if isinstance(bn.bias, torch.Tensor) else [])
             n = bn.weight.numel()

@@ -298,3 +298,16 @@ def test_taylor_through_scores_and_prune():
     assert (m.c1.out_channels, m.c2.out_channels, m.c3.out_channels) == (3, 3, 2)
     assert m.fc.out_features == 3
     m(X)
+
+
+def test_taylor_through_a_data_parallel_wrapper():
+    """A wrapper's names carry its ``module.`` prefix; the BatchNorms are still found."""
+    m = tiny()
+    data = batches(2)
+    plain = criteria.compute("taylor", m, X, data=data, progress=False)
+    wrapped = criteria.compute("taylor", nn.DataParallel(m), X, data=data, progress=False)
+    assert set(wrapped) == {"module." + k for k in plain}
+    for k in plain:
+        assert torch.equal(wrapped["module." + k], plain[k]), k
+    weight = criteria.compute("taylor", m, X, data=data, variant="weight", progress=False)
+    assert not torch.equal(plain["c1"], weight["c1"])  # the bn variant really was used
