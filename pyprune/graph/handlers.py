@@ -226,7 +226,7 @@ def _conv(ctx: Context, node: Node, m: nn.modules.conv._ConvNd) -> Result:
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
     in_dim_w, out_dim_w = (0, 1) if transposed else (1, 0)
     if x is not None and x.dim != 1:
-        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at module {name})")
         x = None
     g = m.groups
     if g == 1:
@@ -262,10 +262,10 @@ def _conv(ctx: Context, node: Node, m: nn.modules.conv._ConvNd) -> Result:
     if not depthwise and (x is None or x.block == 1):
         return _grouped_conv(ctx, name, m, x, transposed)
     if depthwise:
-        reason = f"{type(m).__name__}(depthwise): input channels not traced (at {name})"
+        reason = f"{type(m).__name__}(depthwise): input channels not traced (at module {name})"
     else:
         reason = (f"{type(m).__name__}(groups={g}): grouped conv after a flatten "
-                  f"is kept whole (at {name})")
+                  f"is kept whole (at module {name})")
     ctx.freeze(x, reason)
     if name in ctx.state.out_maps:
         out = tuple(ctx.state.out_maps[name][0])
@@ -298,7 +298,7 @@ def _grouped_conv(ctx: Context, name: str, m: nn.modules.conv._ConvNd,
     if x is not None:
         if len(x.elems) != m.in_channels:
             ctx.freeze(x, f"{type(m).__name__}(groups={g}): input has {len(x.elems)} "
-                          f"channels, not {m.in_channels} (at {name})")
+                          f"channels, not {m.in_channels} (at module {name})")
         else:
             first_in = _tie_groups(ctx.state, x.elems, g)
             # weight: [out, in/g, k...] (conv) or [in, out/g, k...] (transposed)
@@ -326,7 +326,7 @@ def _linear(ctx: Context, node: Node, m: nn.Linear) -> Result:
     if x is not None:
         in_shape = ctx.shape(src)
         if in_shape is None or x.dim != len(in_shape) - 1:
-            ctx.freeze(x, f"{_cls(m)}: applied to a dim that is not the channel dim (at {name})")
+            ctx.freeze(x, f"{_cls(m)}: applied to a dim that is not the channel dim (at module {name})")
         else:
             ctx.add_tensor(name, "weight", 1, x.block, x.elems, "in")
             ctx.add_attr(name, "in_features", x.block, x.elems)
@@ -350,7 +350,7 @@ def _norm(ctx: Context, node: Node, m: nn.Module) -> Result:
     if x is None:
         return None
     if x.dim != 1:
-        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at module {name})")
         return None
     for attr in ("weight", "bias", "running_mean", "running_var"):  # those it has
         ctx.add_tensor(name, attr, 0, x.block, x.elems, "out")
@@ -364,7 +364,7 @@ def _prelu(ctx: Context, node: Node, m: nn.PReLU) -> Result:
     if x is None or m.num_parameters == 1:
         return x
     if x.dim != 1:
-        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at module {name})")
         return None
     ctx.add_tensor(name, "weight", 0, x.block, x.elems, "out")
     ctx.add_attr(name, "num_parameters", x.block, x.elems)
@@ -389,11 +389,11 @@ def _group_norm(ctx: Context, node: Node, m: nn.GroupNorm) -> Result:
     if x is None:
         return None
     if x.dim != 1 or len(x.elems) * x.block != m.num_channels:
-        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at {name})")
+        ctx.freeze(x, f"{_cls(m)}: channels are not on dim 1 of its input (at module {name})")
         return None
     if m.num_groups != m.num_channels:
         if x.block != 1:
-            ctx.freeze(x, f"{_cls(m)}: groups of a flattened map (at {name})")
+            ctx.freeze(x, f"{_cls(m)}: groups of a flattened map (at module {name})")
             return None
         _tie_within(ctx, x, m.num_groups)
     else:
@@ -431,11 +431,11 @@ def _layer_norm(ctx: Context, node: Node, m: nn.LayerNorm) -> Result:
         return x
     if over is None or ns[0] != x.size:
         ctx.freeze(x, f"{_cls(m)}: normalises the channels together with other dims "
-                      f"(at {name})")
+                      f"(at module {name})")
         return None
     if not TUPLE_ATTRS:
         ctx.freeze(x, f"{_cls(m)}: normalized_shape is a tuple attribute the surgery "
-                      f"cannot update yet (at {name})")
+                      f"cannot update yet (at module {name})")
         return x
     for attr in ("weight", "bias"):  # those it has
         ctx.add_tensor(name, attr, 0, 1, x.elems, "out")
