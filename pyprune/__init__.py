@@ -9,6 +9,7 @@ from ._info import build_info
 from . import models
 from .errors import PruningWarning
 from .api import prune, scores, save, load, profile
+from .slimming import Slimming, slimming
 
 __all__ = ["__version__", "ops", "build_info", "models", "prune", "scores", "save", "load",
-           "profile", "PruningWarning"]
+           "profile", "PruningWarning", "slimming", "Slimming"]
