@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -74,7 +73,6 @@ import torch
 import torch.nn as nn
 from torch.autograd.graph import get_gradient_edge
 
-from .errors import PruningWarning
 from .ops.select import Compaction
 from .graph._core import module_dict
 from .plan import Plan, _kept_mask, _layouts
@@ -308,7 +306,8 @@ def _guard_stale_graphs(model: nn.Module, accs: List[Tuple[torch.Tensor, Any]],
     such a node, before any node that unpacks a saved parameter (which would fail with
     torch's "modified by an inplace operation").  Finding them walks the objects the
     garbage collector tracks, only in that case; a DistributedDataParallel wrapping
-    ``model`` (its reducer holds the old accumulators) is warned about then.
+    ``model`` (its reducer holds the old accumulators) is reported then, as a warning
+    on ``logging.getLogger("pyprune")``.
     """
     if not accs:
         return
@@ -379,11 +378,11 @@ def _guard_stale_graphs(model: nn.Module, accs: List[Tuple[torch.Tensor, Any]],
     _log.info("surgery: %d live autograd graph(s) built before pruning now refuse backward()",
               len(hooked))
     if wrappers:
-        warnings.warn(
-            "pyprune: the pruned model is the .module of a DistributedDataParallel built before "
+        _log.warning(
+            "the pruned model is the .module of a DistributedDataParallel built before "
             "pruning; its reducer hooks the old gradient accumulators and sizes its buckets for "
             "the old shapes, so it would no longer synchronise gradients. Wrap the pruned model "
-            "again: ddp = DistributedDataParallel(ddp.module, ...)", PruningWarning, stacklevel=4)
+            "again: ddp = DistributedDataParallel(ddp.module, ...)")
 
 
 def _commit(model: nn.Module, prep: _Prepared, backup: bool, zero_copy: bool = False) -> None:

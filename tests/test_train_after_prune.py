@@ -422,7 +422,7 @@ def test_an_ema_copy_follows_by_replaying_the_record():
     assert ema(X).shape == (2, 10)
 
 
-def test_ddp_is_rewrapped_after_pruning_its_module(tmp_path):
+def test_ddp_is_rewrapped_after_pruning_its_module(tmp_path, caplog):
     dist = torch.distributed
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
@@ -432,8 +432,10 @@ def test_ddp_is_rewrapped_after_pruning_its_module(tmp_path):
         ddp = nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
         train(ddp, opt)
-        with pytest.warns(pyprune.PruningWarning, match="DistributedDataParallel"):
+        with caplog.at_level("WARNING", logger="pyprune"):
             pyprune.prune(ddp.module, X[:1], method="l1", ratio=0.5, optimizer=opt)
+        assert any("DistributedDataParallel" in r.getMessage() and r.levelname == "WARNING"
+                   for r in caplog.records)
         ddp = nn.parallel.DistributedDataParallel(ddp.module)  # wrap again, as documented
         ref = copy.deepcopy(model)
         for m in (ddp, ref):
