@@ -364,7 +364,8 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1",
             ``global_ratio``, a global ``ratio`` and the global budget search.
         min_channels (int >= 1, default 1): channels every layer keeps at least.
         round_to (int >= 1, default 1): keep counts are rounded up to multiples of it.
-        reduce ("sum", "mean" or "max", default "sum"): how coupled channels' scores
+        reduce ("sum", "mean" or "max"; default: the method's
+            :attr:`CriterionInfo.reduce`, else "sum"): how coupled channels' scores
             combine into one group score.
         budget_mode ("global" or "uniform", default "global"): how a ``flops`` /
             ``params`` budget is searched.  "global": one threshold over normalized
@@ -427,6 +428,8 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1",
                          "was given")
     data = _check_data(method, info, data)
     plan_kw.setdefault("normalize", info.normalize)
+    if info.reduce is not None:
+        plan_kw.setdefault("reduce", info.reduce)
     asked_ratio = 0.5 if ratio is None else ratio
     if info.global_threshold and not targets and plan_kw.get("global_ratio") is None:
         plan_kw["global_ratio"] = asked_ratio

@@ -329,3 +329,30 @@ def test_every_registered_method_through_prune_and_scores(method):
     assert summary.method == method and summary.pruned > 0
     if info.global_threshold:
         assert summary.request["global_ratio"] == 0.5 and summary.request["ratio"] is None
+
+
+def test_criterion_reduce_preference_is_the_default_and_an_option_overrides_it():
+    import copy
+
+    from pyprune.surgery import apply_plan
+
+    @criteria.register("_maxed", reduce="max")
+    def maxed(model, example_inputs, data=None):
+        return criteria.compute("random", model, example_inputs, seed=4)
+
+    try:
+        assert criteria.info("_maxed").reduce == "max"
+        x = torch.randn(1, 3, 32, 32)
+        for reduce in (None, "sum"):
+            base = pyprune.models.resnet20().eval()
+            a, b = copy.deepcopy(base), copy.deepcopy(base)
+            kw = {} if reduce is None else {"reduce": reduce}
+            api.prune(a, x, "_maxed", 0.5, **kw)
+            g = build_graph(b, x)
+            apply_plan(b, make_plan(g, criteria.compute("_maxed", b, x), ratio=0.5,
+                                    reduce=reduce or "max"))
+            assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+        with pytest.raises(ValueError, match="reduce must be one of"):
+            criteria.register("_bad", reduce="median")
+    finally:
+        del criteria.CRITERIA["_maxed"]

@@ -20,6 +20,9 @@ tells the orchestrator how to drive it without special cases per name:
   Network Slimming meaning) instead of a uniform per-group fraction;
 * ``normalize``: the per-group score normalization used when a global threshold or a
   budget search compares scores across groups (``None``: raw scores are comparable).
+* ``reduce``: how the scores of coupled channels (one channel of a residual stream is
+  produced by many layers) combine into one group score, ``"sum"``, ``"mean"`` or
+  ``"max"``, when the caller gives none (``None``: the plan's default, ``"sum"``).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ CRITERIA: Dict[str, Criterion] = {}
 
 _DATA_KINDS = ("none", "optional", "required")
 _NORMALIZE = (None, "mean", "max", "sum")
+_REDUCE = (None, "sum", "mean", "max")
 
 
 @dataclass(frozen=True)
@@ -47,16 +51,19 @@ class CriterionInfo:
     data: str = "none"
     global_threshold: bool = False
     normalize: Optional[str] = "mean"
+    reduce: Optional[str] = None
 
 
 _INFO: Dict[str, CriterionInfo] = {}
 
 
 def register(name: str, *, data: str = "none", global_threshold: bool = False,
-             normalize: Optional[str] = "mean") -> Callable[[Criterion], Criterion]:
+             normalize: Optional[str] = "mean",
+             reduce: Optional[str] = None) -> Callable[[Criterion], Criterion]:
     """Decorator adding a criterion to :data:`CRITERIA` under ``name``.
 
-    ``data``, ``global_threshold`` and ``normalize`` fill its :class:`CriterionInfo`.
+    ``data``, ``global_threshold``, ``normalize`` and ``reduce`` fill its
+    :class:`CriterionInfo`.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"criterion name must be a non-empty string, got {name!r}")
@@ -64,7 +71,10 @@ def register(name: str, *, data: str = "none", global_threshold: bool = False,
         raise ValueError(f"data must be one of {_DATA_KINDS}, got {data!r}")
     if normalize not in _NORMALIZE:
         raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
-    meta = CriterionInfo(data=data, global_threshold=bool(global_threshold), normalize=normalize)
+    if reduce not in _REDUCE:
+        raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    meta = CriterionInfo(data=data, global_threshold=bool(global_threshold), normalize=normalize,
+                         reduce=reduce)
 
     def deco(fn: Criterion) -> Criterion:
         CRITERIA[name] = fn
