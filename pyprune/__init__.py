@@ -10,6 +10,9 @@ from . import models
 from .errors import PruningWarning
 from .api import prune, scores, save, load, profile
 from .slimming import Slimming, slimming
+from . import summary
+from .summary import PruneSummary, last_summary
 
 __all__ = ["__version__", "ops", "build_info", "models", "prune", "scores", "save", "load",
-           "profile", "PruningWarning", "slimming", "Slimming"]
+           "profile", "PruningWarning", "slimming", "Slimming",
+           "summary", "PruneSummary", "last_summary"]
