@@ -203,6 +203,26 @@ def measure_memory(model_name: str, images: int, batch: int, repeats: int = 2) -
     return {k: min(v) for k, v in res.items()}
 
 
+def floor_only(args, meta) -> int:
+    rows, records = [], []
+    for name in args.models:
+        model, data = make(name, args.images, args.batch)
+        x = data[0][0][:1]
+        times = median_times({"pyprune": lambda: run_pyprune(model, data, x),
+                              "forward": lambda: run_forward(model, data)},
+                             runs=args.runs, warmup=1)
+        rec = {"model": name, "images": args.images, "batch": args.batch, "runs": args.runs,
+               "threads": torch.get_num_threads(), "pyprune_s": times["pyprune"],
+               "forward_s": times["forward"], "of_forward": times["pyprune"] / times["forward"]}
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+        rows.append([name, rec["threads"], f"{rec['forward_s']:.2f}", f"{rec['pyprune_s']:.2f}",
+                     f"{rec['of_forward']:.3f}x"])
+    print_table(["model", "threads", "(c) fwd s", "pyprune s", "of (c)"], rows)
+    write_json(args.json, records, meta)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,6 +233,9 @@ def main(argv=None) -> int:
     p.add_argument("--ref-images", type=int, default=20)
     p.add_argument("--memory", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
+    p.add_argument("--floor-only", action="store_true",
+                   help="time pyprune against the plain forward only (no (a), (b), no checks)")
     p.add_argument("--_memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._memory_child:
@@ -220,7 +243,11 @@ def main(argv=None) -> int:
         print(json.dumps(memory_child(name, method, int(images), int(batch))))
         return 0
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     meta = machine("cpu")
+    if args.floor_only:
+        return floor_only(args, meta)
     print(f"machine: {meta}")
     records = []
     rows = []
