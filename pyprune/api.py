@@ -516,12 +516,14 @@ def _summarize(method: str, request: Dict[str, Any], graph: DependencyGraph, pla
         layers=layers, skipped=skipped)
 
 
-_NODE = re.compile(r"\s*\((?:at )?nodes? [^)]*\)")
+_WHERE = re.compile(r"\s*\(((?:at )?(?:nodes?|module) [^)]*)\)")
 
 
-def _op_of(reason: str) -> str:
-    """A reason without its node names, so that the same op in many places counts once."""
-    return _NODE.sub("", reason).strip()
+def _op_of(reason: str) -> Tuple[str, List[str]]:
+    """``(reason without its locations, the locations)``: the same op met in many places
+    counts once, with its places listed."""
+    where = [w if w.startswith("at ") else "at " + w for w in _WHERE.findall(reason)]
+    return _WHERE.sub("", reason).strip(), where
 
 
 def _warnings(summary: PruneSummary, graph: DependencyGraph, plan: Plan,
@@ -529,18 +531,29 @@ def _warnings(summary: PruneSummary, graph: DependencyGraph, plan: Plan,
     """``[(warning message, logged detail)]`` for a pruning that did less than asked."""
     out: List[Tuple[str, str]] = []
     by_op: Dict[str, List[int]] = {}
+    places: Dict[str, List[str]] = {}
     for g in graph.groups:
         for r in g.reasons:
             if r == "model output":
                 continue
-            by_op.setdefault(_op_of(r), [])
-            if g.id not in by_op[_op_of(r)]:
-                by_op[_op_of(r)].append(g.id)
+            op, where = _op_of(r)
+            ids = by_op.setdefault(op, [])
+            if g.id not in ids:
+                ids.append(g.id)
+            seen = places.setdefault(op, [])
+            seen.extend(w for w in where if w not in seen)
+
+    def at(op: str) -> str:
+        p = places[op]
+        if not p:
+            return ""
+        return "; " + ", ".join(p[:3]) + (f" and {len(p) - 3} more" if len(p) > 3 else "")
+
     if by_op:
         gids = sorted({gid for ids in by_op.values() for gid in ids})
         n_ch = sum(graph.groups[gid].size for gid in gids)
         ops = sorted(by_op.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        shown = "; ".join(f"{op} ({len(ids)} group{'s' if len(ids) > 1 else ''})"
+        shown = "; ".join(f"{op} ({len(ids)} group{'s' if len(ids) > 1 else ''}{at(op)})"
                           for op, ids in ops[:5])
         more = f"; and {len(ops) - 5} more" if len(ops) > 5 else ""
         msg = (f"{len(gids)} group(s) of channels ({n_ch} channels) left whole because of "
