@@ -57,10 +57,12 @@ def save(model: nn.Module, path: PathLike) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     records = history(model)
-    widths: Dict[str, Dict[str, int]] = {}
+    widths: Dict[str, Dict[str, Any]] = {}
     for rec in records:
         for a in rec["attrs"]:
-            widths.setdefault(a["module"], {})[a["attr"]] = int(a["value"])
+            v = a["value"]
+            widths.setdefault(a["module"], {})[a["attr"]] = \
+                [int(x) for x in v] if isinstance(v, (list, tuple)) else int(v)
     payload = {
         "format": FORMAT,
         "version": VERSION,

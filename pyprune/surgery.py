@@ -254,13 +254,31 @@ def _prepare(model: nn.Module, plan: Plan, optimizer: Optional[torch.optim.Optim
             continue
         mod = look.module(a.module)
         old = getattr(mod, a.attr, None)
-        if old != len(a.elems) * a.block:
+        # a.index: the attribute is a tuple (LayerNorm.normalized_shape) whose entry
+        # a.index counts the channels; None: a plain int attribute (out_channels).
+        if a.index is None:
+            cur = old
+        elif isinstance(old, (tuple, list)) and -len(old) <= a.index < len(old):
+            cur = old[a.index]
+        else:
+            cur = None
+        if cur != len(a.elems) * a.block:
             raise ValueError(f"{a.module}.{a.attr} is {old!r} but the graph expects "
                              f"{len(a.elems) * a.block}: the graph is stale, rebuild it")
         new = len(lk[1]) * a.block
+        if a.index is not None:
+            at = a.index % len(old)
+            new = type(old)(new if j == at else v for j, v in enumerate(old))
         attrs.append((mod, a.attr, old, new))
         attrs_rec.append({"module": a.module, "attr": a.attr, "value": new})
     return _Prepared(pairs, keeps, attrs, {"tensors": tensors_rec, "attrs": attrs_rec})
+
+
+def _attr_value(v: Any) -> Any:
+    """A recorded attribute value: an int, or a tuple of ints (``normalized_shape``)."""
+    if isinstance(v, (list, tuple)):
+        return tuple(int(x) for x in v)
+    return int(v)
 
 
 class _StaleGraphHook:
@@ -487,7 +505,8 @@ def replay(model: nn.Module, records: Sequence[Dict[str, Any]], *, backup: bool 
                 mod = look.module(str(a["module"]))
                 if not hasattr(mod, str(a["attr"])):
                     raise ValueError(f"module {a['module']!r} has no attribute {a['attr']!r}")
-                attrs.append((mod, str(a["attr"]), getattr(mod, str(a["attr"])), int(a["value"])))
+                attrs.append((mod, str(a["attr"]), getattr(mod, str(a["attr"])),
+                              _attr_value(a["value"])))
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"surgery record {i} is malformed or does not fit this model: "
                              f"{type(e).__name__}: {e}") from e

@@ -587,3 +587,37 @@ def test_prune_passes_zero_copy_through():
     _assert_compact(_touched(other))
     for (n, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), n
+
+
+class _ChannelsLastNorm(nn.Module):
+    """ConvNeXt-style block: conv, permute to channels-last, LayerNorm(C), Linear, back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.pw = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.conv(x).permute(0, 2, 3, 1)
+        y = self.pw(self.norm(y))
+        return self.head(y.mean((1, 2)))
+
+
+def test_layer_norm_tuple_attribute_is_pruned_and_replayed(tmp_path):
+    import pyprune
+    torch.manual_seed(0)
+    model = _ChannelsLastNorm().eval()
+    x = torch.randn(2, 3, 8, 8)
+    pyprune.prune(model, x[:1], method="l1", ratio=0.5)
+    assert model.norm.normalized_shape == (4,)
+    assert model.norm.weight.shape == (4,) and model.conv.out_channels == 4
+    assert model.pw.in_features == 4
+    y = model(x)
+    y.sum().backward()
+    path = tmp_path / "m.pt"
+    pyprune.save(model, path)
+    again = pyprune.load(path, _ChannelsLastNorm).eval()
+    assert again.norm.normalized_shape == (4,)
+    torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)

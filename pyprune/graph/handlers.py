@@ -374,7 +374,7 @@ def _prelu(ctx: Context, node: Node, m: nn.PReLU) -> Result:
 #: Whether the surgery in use updates tuple attributes (:class:`AttrMember` with an
 #: ``index``, e.g. ``nn.LayerNorm.normalized_shape``).  While False, channels that a
 #: LayerNorm normalises are kept whole (with that reason).
-TUPLE_ATTRS = False
+TUPLE_ATTRS = True
 
 
 def _tie_within(ctx: Context, x: ChannelInfo, groups: int) -> None:
