@@ -126,8 +126,13 @@ def bn(model: nn.Module, example_inputs: Any = None, data: Any = None) -> Dict[s
     return bn_scale_scores(model, example_inputs)
 
 
-@register("slim", data="none", global_threshold=True, normalize=None)
+@register("slim", data="none", global_threshold=True, normalize=None, reduce="mean")
 def slim(model: nn.Module, example_inputs: Any = None, data: Any = None) -> Dict[str, torch.Tensor]:
     """Network Slimming: ``|gamma|`` scores under one global threshold (``ratio`` is the
-    fraction of all prunable channels removed; see :mod:`.bn`)."""
+    fraction of all prunable channels removed; see :mod:`.bn`).
+
+    Channels coupled across layers (a residual stream, scaled by one BatchNorm per
+    block) are scored by the mean of their ``|gamma|`` (``reduce="mean"``), on the same
+    scale as a channel with one BatchNorm, so the one global threshold can prune residual
+    streams too (with ``"sum"`` or ``"max"`` they would never fall below it)."""
     return bn_scale_scores(model, example_inputs)

@@ -76,7 +76,22 @@ X = torch.randn(2, 3, 6, 6)
 # ---------------------------------------------------------------------------- bn / slim
 def test_info():
     assert criteria.info("bn") == criteria.CriterionInfo("none", False, "mean")
-    assert criteria.info("slim") == criteria.CriterionInfo("none", True, None)
+    assert criteria.info("slim") == criteria.CriterionInfo("none", True, None, "mean")
+
+
+def test_slim_prunes_residual_streams():
+    # One global threshold with mean-reduced |gamma|: a residual stream (one BatchNorm per
+    # block) competes with single-BatchNorm channels on the same scale, so it is pruned too.
+    torch.manual_seed(0)
+    m = pyprune.models.resnet56()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.weight.data.uniform_(0, 1)
+    x = torch.randn(1, 3, 32, 32)
+    pyprune.prune(m, x, method="slim", ratio=0.5)
+    s = pyprune.last_summary(m)
+    assert s.pruned == s.prunable == 30
+    assert m.conv1.out_channels < 16 and m.layer3[0].conv2.out_channels < 64
     assert criteria.info("taylor") == criteria.CriterionInfo("required", False, "mean")
 
 
