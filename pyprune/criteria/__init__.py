@@ -129,16 +129,7 @@ def compute(name: str, model: torch.nn.Module, example_inputs: Any, data: Any = 
         raise
 
 
-from . import magnitude, random  # noqa: E402,F401  (registers l1, l2, random)
-
-# Criteria living in optional modules of this package (HRank, activation statistics,
-# BatchNorm scale / Network Slimming, Taylor); each registers itself on import.
-import importlib as _importlib  # noqa: E402
-
-for _mod in ("hrank", "activation", "bn", "taylor"):
-    try:
-        _importlib.import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:  # not written yet
-        if _e.name != f"{__name__}.{_mod}":
-            raise
-del _importlib, _mod
+# Each criterion module registers its methods on import.
+from . import magnitude, random  # noqa: E402,F401  (l1, l2, random)
+from . import bn, taylor  # noqa: E402,F401  (bn, slim, taylor)
+from . import hrank, activation  # noqa: E402,F401  (hrank, apoz, activation)
