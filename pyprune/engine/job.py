@@ -19,7 +19,6 @@ written; the tests use it to interrupt a run.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import platform
@@ -225,32 +224,26 @@ def _profile(model: nn.Module, image_size: int) -> Any:
 
 def prune_to_budget(model: nn.Module, example: torch.Tensor, method: str, data: Any, *,
                     flops: Optional[float] = None, params: Optional[float] = None,
-                    ratio: Optional[float] = None, scores: Optional[Dict[str, torch.Tensor]] = None,
+                    ratio: Optional[float] = None,
                     options: Optional[Dict[str, Any]] = None, image_size: int = 32) -> Dict[str, Any]:
     """Prune ``model`` in place to keep ``flops`` / ``params`` of the dense count, or by
     ``ratio``; returns what was asked and achieved.
 
-    Uses ``pyprune.prune``'s own budget search when it has one (``flops=`` / ``params=``
-    arguments); otherwise bisects a uniform (or, for global-threshold criteria, global)
-    ratio over the precomputed ``scores``.
+    The budget is searched by ``pyprune.prune`` (``flops=`` / ``params=``).
     """
     options = dict(options or {})
     dense_prof = _profile(model, image_size)
     kind = "flops" if flops is not None else "params" if params is not None else "ratio"
     target = flops if flops is not None else params if params is not None else ratio
-    sig = inspect.signature(pyprune.prune).parameters
     data_kw = {"data": data} if data is not None else {}
-    meta = criteria.info(method)
     used: Dict[str, Any] = {"search": "pyprune.prune"}
     if kind == "ratio":
         pyprune.prune(model, example, method, ratio=target, **data_kw, **options)
-    elif kind in sig:
+    else:
         try:
             pyprune.prune(model, example, method, **{kind: target}, **data_kw, **options)
         except ValueError as e:
             raise UsageError(f"--{kind} {target}: {e}") from None
-    else:
-        used = _bisect_budget(model, example, method, kind, float(target), scores, meta, image_size, dense_prof)
     prof = _profile(model, image_size)
     achieved = {"flops": prof.flops / dense_prof.flops, "params": prof.params / dense_prof.params}
     if kind != "ratio" and achieved[kind] > target * 1.05 + 1e-9:
@@ -260,49 +253,9 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, method: str, data: 
             "achieved_params": achieved["params"], **used}
 
 
-def _bisect_budget(model: nn.Module, example: torch.Tensor, method: str, kind: str, target: float,
-                   scores: Optional[Dict[str, torch.Tensor]], meta: Any, image_size: int,
-                   dense_prof: Any) -> Dict[str, Any]:
-    from pyprune.graph import build_graph
-    from pyprune.plan import PlanConfig, make_plan
-    from pyprune.surgery import apply_plan
-
-    if scores is None:
-        scores = pyprune.scores(model, example, method)
-    graph = build_graph(model, example)
-
-    def config(r: float) -> Any:
-        if meta.global_threshold:
-            return PlanConfig(global_ratio=r, normalize=meta.normalize)
-        return PlanConfig(ratio=r)
-
-    def frac(r: float) -> float:
-        trial = ckpt.clone_model(model)
-        apply_plan(trial, make_plan(build_graph(trial, example), scores, config(r)))
-        p = _profile(trial, image_size)
-        return (p.flops / dense_prof.flops) if kind == "flops" else (p.params / dense_prof.params)
-
-    lo, hi = 0.0, 0.99
-    if frac(hi) > target * 1.01:
-        raise UsageError(f"--{kind} {target} cannot be met: pruning 99% of every group keeps "
-                         f"{frac(hi):.3f} of the {kind}")
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        if frac(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    apply_plan(model, make_plan(graph, scores, config(hi)))
-    return {"search": "bisect " + ("global_ratio" if meta.global_threshold else "ratio"), "ratio": hi}
-
-
 def _prune_summary(model: nn.Module) -> Optional[Dict[str, Any]]:
     """What ``pyprune.prune`` recorded about the pruning (None when it records nothing)."""
-    try:
-        from pyprune.summary import last_summary
-    except ImportError:
-        return None
-    s = last_summary(model)
+    s = pyprune.last_summary(model)
     return s.to_dict() if s is not None else None
 
 
@@ -477,7 +430,7 @@ class _Runner:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 budget = prune_to_budget(pruned, example, job.method, data, flops=job.flops,
-                                         params=job.params, ratio=job.ratio, scores=scores, options=opts,
+                                         params=job.params, ratio=job.ratio, options=opts,
                                          image_size=S)
             budget["warnings"] = [str(w.message) for w in caught]
             for msg in budget["warnings"]:
