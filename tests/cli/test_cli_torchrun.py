@@ -63,7 +63,9 @@ def test_ranks_that_disagree_are_caught(tmp_path):
             check_same(info, {"keep": [info.rank]}, "the pruned model")
         except RuntimeError as e:
             assert "ranks disagree on the pruned model" in str(e)
-            print("caught", info.rank)
+            # one write per line: the two ranks share the pipe (a small write is atomic)
+            sys.stdout.write(f"caught {info.rank}\\n")
+            sys.stdout.flush()
         teardown(info)
     """))
     r = _torchrun([str(script)], tmp_path, timeout=120)
