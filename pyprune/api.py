@@ -30,7 +30,7 @@ from .budget import MODES, Budget, CostModel
 from .errors import PruningWarning
 from .graph import DependencyGraph, build_graph
 from .io import load, save
-from .plan import Plan, PlanConfig, make_plan
+from .plan import NORMALIZE_CHOICES, REDUCE_CHOICES, Plan, PlanConfig, make_plan
 from .profile import profile
 from .summary import PruneSummary, attach
 from .surgery import apply_plan
@@ -41,8 +41,6 @@ logger = logging.getLogger("pyprune")
 if not logger.handlers:
     logger.addHandler(logging.NullHandler())  # a library prints nothing by default
 
-_NORMALIZE = (None, "mean", "max", "sum")
-_REDUCE = ("sum", "mean", "max")
 _SURGERY_PARAMS = set(inspect.signature(apply_plan).parameters)
 _UNSET: Any = object()
 
@@ -170,9 +168,9 @@ def _check_option(name: str, v: Any, model: nn.Module) -> Any:
         if v is not None:
             v = _check_fraction(name, v, low_open=False)
     elif name == "normalize":
-        _check_choice(name, v, _NORMALIZE)
+        _check_choice(name, v, NORMALIZE_CHOICES)
     elif name == "reduce":
-        _check_choice(name, v, _REDUCE)
+        _check_choice(name, v, REDUCE_CHOICES)
     elif name == "budget_mode":
         _check_choice(name, v, MODES)
     elif name == "shapes":

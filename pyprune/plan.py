@@ -21,10 +21,12 @@ from .graph import DependencyGraph, Group
 if TYPE_CHECKING:  # pragma: no cover
     from .budget import Budget
 
-__all__ = ["PlanConfig", "Plan", "make_plan", "group_scores"]
+__all__ = ["PlanConfig", "Plan", "make_plan", "group_scores", "REDUCE_CHOICES", "NORMALIZE_CHOICES"]
 
-_REDUCE = ("sum", "mean", "max")
-_NORMALIZE = (None, "mean", "max", "sum")
+#: The accepted values of ``reduce`` and ``normalize`` (also checked by :func:`pyprune.prune`).
+REDUCE_CHOICES = ("sum", "mean", "max")
+NORMALIZE_CHOICES = (None, "mean", "max", "sum")
+_REDUCE, _NORMALIZE = REDUCE_CHOICES, NORMALIZE_CHOICES
 
 
 @dataclass
