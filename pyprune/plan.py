@@ -468,7 +468,6 @@ def _budget_plan(graph: DependencyGraph, pool: List[Group], flat: torch.Tensor,
     groups of ``pool`` pruned in one removal order (see :func:`make_plan`)."""
     from .budget import search  # plan -> budget: the cost model and the bisection
 
-    n_groups = len(graph.groups)
     sizes = np.array([g.size for g in pool], dtype=np.int64)
     floors = np.minimum(np.maximum(cfg.min_channels, 1), sizes)
     offsets = np.array([g.offset for g in pool], dtype=np.int64)
