@@ -15,7 +15,7 @@ import pyprune
 
 from . import checkpoint as ckpt
 from .data import load_data
-from .dist import DistInfo, setup, teardown
+from .dist import setup, teardown
 from .errors import UsageError
 from .train import TrainConfig, evaluate
 
@@ -155,6 +155,40 @@ def _compare(ref: torch.Tensor, got: Any, what: str) -> float:
     return err
 
 
+def _onnx_export(net: torch.nn.Module, x: torch.Tensor, path: str) -> str:
+    """Write ``net`` as ONNX with a dynamic batch dimension; returns how it was exported.
+
+    torch >= 2.5 exports through ``torch.export`` (``dynamo=True``, which needs the
+    onnxscript package; the batch is a ``torch.export.Dim``); older torch, or a
+    missing onnxscript, uses the TorchScript-based exporter with ``dynamic_axes``.
+    """
+    import inspect
+    import warnings
+
+    names = {"input_names": ["input"], "output_names": ["output"]}
+    params = inspect.signature(torch.onnx.export).parameters
+    if "dynamo" in params:
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            if "external_data" in params:  # one self-contained file
+                names["external_data"] = False
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations
+                torch.onnx.export(net, (x,), path, dynamo=True, dynamic_shapes=({0: batch},),
+                                  verbose=False, **names)
+            return "torch.onnx.export(dynamo=True)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        kw = {"dynamo": False} if "dynamo" in params else {}
+        torch.onnx.export(net, (x,), path, dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          **kw, **names)
+    return "torch.onnx.export (TorchScript-based)"
+
+
 def export(checkpoint: str, fmt: str, out: Optional[str] = None, *, model: Optional[str] = None,
            batch: int = 2) -> Dict[str, Any]:
     """Export the model of ``checkpoint`` as ``fmt`` and check the exported program's
@@ -209,11 +243,9 @@ def export(checkpoint: str, fmt: str, out: Optional[str] = None, *, model: Optio
             info["max_abs_error"] = _compare(ref, loaded.module()(x), "torch.export")
             info["how"] = "torch.export.export + torch.export.save"
         else:
-            torch.onnx.export(net, (x,), tmp, input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            info["how"] = _onnx_export(net, x, tmp) + ", onnx.checker"
             import onnx
             onnx.checker.check_model(onnx.load(tmp))
-            info["how"] = "torch.onnx.export, onnx.checker"
             try:
                 import onnxruntime as ort
             except ImportError:

@@ -120,6 +120,26 @@ def test_eval_profile_export(run, capsys, tmp_path):
         _one_line_error(capsys, rc, "onnx package")
 
 
+def test_export_onnx_matches_eager(run, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out, _ = run
+    target = str(tmp_path / "m.onnx")
+    rc = main(["export", "--checkpoint", os.path.join(out, "pruned.pt"), "--format", "onnx", "-o", target])
+    assert rc == 0, capsys.readouterr().err
+    assert "max abs error" in capsys.readouterr().out
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    net, _ = ckpt.load_model(os.path.join(out, "pruned.pt"))
+    sess = ort.InferenceSession(target, providers=["CPUExecutionProvider"])
+    for n in (1, 5):  # the batch dimension is dynamic
+        x = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(n))
+        got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+        with torch.no_grad():
+            ref = net.eval()(x)
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5), (got - ref).abs().max()
+
+
 def test_from_checkpoint_on_cifar10_pickles(run, tmp_path, capsys):
     out, _ = run
     rng = np.random.default_rng(0)
