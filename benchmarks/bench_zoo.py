@@ -18,6 +18,7 @@ Usage::
     python benchmarks/bench_zoo.py                       # every model
     python benchmarks/bench_zoo.py --models resnet18,resnext50_32x4d --json out.json
     python benchmarks/bench_zoo.py --max-params 100e6    # skip the giant ones
+    python benchmarks/bench_zoo.py --tp-timeout 600      # Torch-Pruning in a subprocess, 10 min each
 
 Input size: ``--size`` (default 64) for the CNNs; 224 for the models with fixed
 sizes (ViT, MaxViT) and for Swin (window partition), 96 for Inception-v3.
@@ -136,7 +137,59 @@ def tp_prune(model: nn.Module, x: torch.Tensor, name: str) -> None:
     pruner.step()
 
 
-def bench_one(tv: Any, name: str, size: int, do_tp: bool) -> Dict[str, Any]:
+def tp_one(dense: nn.Module, x: torch.Tensor, name: str) -> Dict[str, Any]:
+    """Torch-Pruning on a copy of ``dense``: params, FLOPs, time and whether it runs."""
+    row: Dict[str, Any] = {}
+    mt = copy.deepcopy(dense)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tp_prune(mt, x, name)
+        row["tp_time"] = time.perf_counter() - t0
+        row["tp_params"] = n_params(mt)
+        row["tp_run"] = runs(mt, x)
+        row["tp_flops"] = flops(mt, x) if row["tp_run"] is None else None
+    except Exception as e:  # noqa: BLE001
+        row["tp_time"] = time.perf_counter() - t0
+        row["tp_run"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    return row
+
+
+def tp_isolated(name: str, size: int, timeout: float) -> Dict[str, Any]:
+    """:func:`tp_one` in a fresh process (same seed, same model), killed after ``timeout`` s.
+
+    Torch-Pruning's graph tracing grows without bound on some transformers (> 8.8 GB
+    and > 22 min on swin_t here); a subprocess keeps one model from stalling the table.
+    """
+    import subprocess
+
+    t0 = time.perf_counter()
+    cmd = [sys.executable, os.path.abspath(__file__), "--_tp-child", name, str(size)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"tp_time": time.perf_counter() - t0, "tp_run": f"timeout: no result in {timeout:.0f} s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:160]
+        return {"tp_time": time.perf_counter() - t0, "tp_run": f"exit {out.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def _tp_child(name: str, size: int) -> int:
+    tv, how = load_torchvision()
+    if tv is None:
+        print(f"torchvision unavailable: {how}", file=sys.stderr)
+        return 1
+    s = input_size(name, size)
+    x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    print(json.dumps(tp_one(make_model(tv, name), x, name)), flush=True)
+    return 0
+
+
+def bench_one(tv: Any, name: str, size: int, do_tp: bool,
+              tp_timeout: Optional[float] = None) -> Dict[str, Any]:
     s = input_size(name, size)
     x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
     dense = make_model(tv, name)
@@ -180,20 +233,10 @@ def bench_one(tv: Any, name: str, size: int, do_tp: bool) -> Dict[str, Any]:
     # Torch-Pruning
     row.update(tp_params=None, tp_flops=None, tp_time=None, tp_run="not run")
     if do_tp:
-        mt = copy.deepcopy(dense)
-        t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tp_prune(mt, x, name)
-            row["tp_time"] = time.perf_counter() - t0
-            row["tp_params"] = n_params(mt)
-            row["tp_run"] = runs(mt, x)
-            row["tp_flops"] = flops(mt, x) if row["tp_run"] is None else None
-        except Exception as e:  # noqa: BLE001
-            row["tp_time"] = time.perf_counter() - t0
-            row["tp_run"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        del mt
+        if tp_timeout is None:
+            row.update(tp_one(dense, x, name))
+        else:
+            row.update(tp_isolated(name, size, tp_timeout))
     if row["tp_run"] is None and row["tp_params"]:
         row["ratio_vs_tp"] = row["pp_params"] / row["tp_params"]
     else:
@@ -258,9 +301,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-tp", action="store_true", help="do not run Torch-Pruning")
     ap.add_argument("--json", default=None, help="write the rows here (rewritten per model)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tp-timeout", type=float, default=None,
+                    help="run Torch-Pruning in a subprocess, killed after this many seconds")
+    ap.add_argument("--skip", default="", help="comma-separated names not to run")
+    ap.add_argument("--_tp-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args._tp_child:
+        return _tp_child(args._tp_child[0], int(args._tp_child[1]))
     tv, how = load_torchvision()
     if tv is None:
         print(f"torchvision unavailable: {how}")
@@ -283,11 +332,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             sizes[name] = 0
     names.sort(key=lambda n: sizes[n])
     for name in names:
+        if name in args.skip.split(","):
+            continue
         if sizes[name] > args.max_params:
             print(f"{name}: skipped ({sizes[name] / 1e6:.0f} M params)", flush=True)
             continue
         try:
-            r = bench_one(tv, name, args.size, not args.no_tp)
+            r = bench_one(tv, name, args.size, not args.no_tp, args.tp_timeout)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             r = {"model": name, "input": 0, "params": None, "pp_params": None,

@@ -14,7 +14,7 @@ Data: the JPEG re-encoding of CIFAR-10 in ``--data-dir`` (``cifar10_train_jpeg.n
 one line and exits 0 when the files are absent.  The loader for that format lives here,
 not in the package.
 
-    python benchmarks/cifar10_compare.py [--epochs 15] [--finetune-epochs 3] [--json PATH]
+    python benchmarks/cifar10_compare.py [--epochs 8] [--finetune-epochs 2] [--json PATH] [--save-dir DIR]
     python benchmarks/cifar10_compare.py --epochs 1 --finetune-epochs 1 --train-subset 2000 \\
         --test-subset 500        # smoke test
 """
@@ -92,15 +92,55 @@ def pyprune_slimming(model: torch.nn.Module, lam: float, opt: torch.optim.Optimi
     return slimming(model, lam=lam, optimizer=opt)
 
 
+def relatency(args: argparse.Namespace) -> int:
+    """Latency of the saved models, measured round by round (every model once per round,
+    the order rotated), each figure the median over the rounds of the per-round medians."""
+    import statistics
+
+    names = ["dense"] + [m for m in args.methods.split(",") if m]
+    factory = lambda: pyprune.models.get_model(args.model, num_classes=10)  # noqa: E731
+    models = {n: pyprune.load(os.path.join(args.latency_from, f"{n}.pt"), factory).eval()
+              for n in names if os.path.isfile(os.path.join(args.latency_from, f"{n}.pt"))}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keys = [f"cpu_b{b}_ms" for b in (1, 64)]
+    got: Dict[str, Dict[str, List[float]]] = {n: {k: [] for k in keys} for n in models}
+    order = list(models)
+    for r in range(args.rounds):
+        for n in order[r % len(order):] + order[:r % len(order)]:
+            for b, k in zip((1, 64), keys):
+                got[n][k].append(latency(models[n], (b, 3, 32, 32), torch.device("cpu"),
+                                         max_seconds=2.0)["median_ms"])
+    res = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in got.items()}
+    rows = [[n, f"{res[n][keys[0]]:.2f}", f"{res[n][keys[1]]:.1f}",
+             f"{res['dense'][keys[1]] / res[n][keys[1]]:.2f}x"] for n in models]
+    print(text_table(["model", "CPU b1 ms", "CPU b64 ms", "speedup b64"], rows, right=(1, 2, 3)))
+    print(f"{args.rounds} rounds; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs")
+    if args.json and os.path.isfile(args.json):
+        with open(args.json) as f:
+            doc = json.load(f)
+        for row in doc["rows"]:
+            if row["method"] in res:
+                row.update({f"{k}_loaded_run": row.get(k) for k in keys})
+                row.update(res[row["method"]])
+        doc["relatency"] = {"rounds": args.rounds, "threads": torch.get_num_threads()}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2, default=str)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=DEFAULT_DIR)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--methods", default="hrank,slim,taylor,l1,random")
     ap.add_argument("--flops", type=float, default=0.5)
-    ap.add_argument("--epochs", type=int, default=15, help="dense training epochs")
-    ap.add_argument("--finetune-epochs", type=int, default=3)
-    ap.add_argument("--slim-epochs", type=int, default=2, help="sparsity-training epochs before slim")
+    # Defaults: the schedule that fits in about an hour on a 2-core CPU (a ResNet-20
+    # epoch over the 50,000 images takes about 250 s there).
+    ap.add_argument("--epochs", type=int, default=8, help="dense training epochs")
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--slim-epochs", type=int, default=1, help="sparsity-training epochs before slim")
     ap.add_argument("--slim-lambda", type=float, default=1e-5, help="paper: 1e-5 for ResNets")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
@@ -115,7 +155,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="progress bars and per-epoch test accuracy")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--save-dir", default=None, help="write the dense and every pruned model there "
+                    "(pyprune.save format), e.g. to re-measure latency on an idle machine")
+    ap.add_argument("--latency-from", default=None, metavar="DIR",
+                    help="only re-measure the latency of the models a --save-dir run wrote to DIR "
+                    "(interleaved rounds, median), and update --json's rows when given")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of --latency-from")
     args = ap.parse_args()
+    if args.latency_from:
+        return relatency(args)
 
     files = [os.path.join(args.data_dir, f) for f in ("cifar10_train_jpeg.npz", "cifar10_test_jpeg.npz")]
     missing = [f for f in files if not os.path.isfile(f)]
@@ -151,6 +199,9 @@ def main() -> int:
     dense_cpu = ckpt.clone_model(dense).cpu().eval()
     dprof = pyprune.profile(dense_cpu, torch.zeros(1, 3, 32, 32))
     print(f"dense: {dense_eval['accuracy']:.2f}% in {t_dense:.0f}s", file=sys.stderr)
+    if args.save_dir:
+        os.makedirs(args.save_dir, exist_ok=True)
+        pyprune.save(dense_cpu, os.path.join(args.save_dir, "dense.pt"))
 
     def lat(model: torch.nn.Module) -> Dict[str, float]:
         out = {}
@@ -186,6 +237,8 @@ def main() -> int:
                "params": prof.params, "flops": prof.flops, **lat(mc), "seconds": time.perf_counter() - t0,
                "budget": {k: v for k, v in budget.items() if k != "summary"}, "finetune": ft, **extra}
         rows.append(row)
+        if args.save_dir:
+            pyprune.save(mc, os.path.join(args.save_dir, f"{method}.pt"))
         print(f"{method}: {acc0:.2f}% after pruning, {final['accuracy']:.2f}% after fine-tuning "
               f"({row['seconds']:.0f}s)", file=sys.stderr)
 
