@@ -304,8 +304,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--tp-timeout", type=float, default=None,
                     help="run Torch-Pruning in a subprocess, killed after this many seconds")
     ap.add_argument("--skip", default="", help="comma-separated names not to run")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only print the table and summary of rows from --json files of earlier runs "
+                         "(a later file's row replaces an earlier one of the same model)")
     ap.add_argument("--_tp-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.merge:
+        merged: Dict[str, Dict[str, Any]] = {}
+        for path in args.merge:
+            with open(path) as f:
+                doc = json.load(f)
+            print(f"{path}: {len(doc['rows'])} rows; {doc.get('machine', '')}")
+            merged.update({r["model"]: r for r in doc["rows"]})
+        rows = sorted(merged.values(), key=lambda r: r["params"] or 0)
+        print(fmt_table(rows))
+        print(summary(rows))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._tp_child:
