@@ -920,6 +920,21 @@ def _reduce(ctx: Context, node: Node, target: Any) -> Result:
     return out
 
 
+def _whole_slice(it: slice, n: int) -> bool:
+    """Whether ``it`` keeps all ``n`` channels, and keeps all of any fewer after pruning.
+
+    ``x[:, :k]`` with ``k >= n`` (GhostNet's ``cat([x1, x2], 1)[:, :out_chs]`` when the
+    concatenation already has ``out_chs`` channels) is the identity now and stays one when
+    channels are removed; a ``k < n``, a negative bound or a step selects channels.
+    """
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return ((it.start is None or (is_int(it.start) and it.start == 0))
+            and (it.step is None or (is_int(it.step) and it.step == 1))
+            and (it.stop is None or (is_int(it.stop) and it.stop >= n)))
+
+
 def _getitem(ctx: Context, node: Node, target: Any) -> Result:
     src, idx = node.args[0], node.args[1]
     r = ctx.env.get(src) if isinstance(src, Node) else None
@@ -957,7 +972,7 @@ def _getitem(ctx: Context, node: Node, target: Any) -> Result:
             in_d += 1
         elif isinstance(it, slice):
             if in_d == x.dim:
-                if not (it.start is None and it.stop is None and it.step in (None, 1)):
+                if not _whole_slice(it, in_shape[in_d]):
                     ctx.freeze(x, reason)
                     return None
                 new_dim = out_d

@@ -309,6 +309,41 @@ class ShuffleBlocks(nn.Module):
         return self.fc(self.head(x).mean([2, 3]))
 
 
+class GhostModule(nn.Module):
+    """GhostNet's module as timm writes it: a primary 1x1 conv, a depthwise "cheap" conv
+    on its output, both concatenated and sliced to ``out_chs`` (``[:, :out_chs]``, the
+    identity when ``out_chs`` is even, a real selection of channels when it is odd)."""
+
+    def __init__(self, cin: int, out_chs: int, relu: bool = True) -> None:
+        super().__init__()
+        init = (out_chs + 1) // 2
+        act = [nn.ReLU()] if relu else []
+        self.out_chs = out_chs
+        self.primary = nn.Sequential(nn.Conv2d(cin, init, 1, bias=False), nn.BatchNorm2d(init), *act)
+        self.cheap = nn.Sequential(nn.Conv2d(init, init, 3, 1, 1, groups=init, bias=False),
+                                   nn.BatchNorm2d(init), *act)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        return torch.cat([x1, self.cheap(x1)], dim=1)[:, :self.out_chs, :, :]
+
+
+class Ghost(nn.Module):
+    """A GhostNet bottleneck (ghost -> ghost, residual add) and a ghost module of odd width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.g1, self.g2 = GhostModule(8, 12), GhostModule(12, 8, relu=False)
+        self.odd = GhostModule(8, 5)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.g2(self.g1(x))
+        return self.fc(self.odd(x).mean([2, 3]))
+
+
 class BNFunctional(nn.Module):
     """A BatchNorm class of its own that calls F.batch_norm with its parameters."""
 
@@ -418,6 +453,7 @@ ZOO: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "custom_op": (CustomOp, IMAGE),
     "untraceable": (WithUntraceable, IMAGE),
     "hard_coded_view": (HardCodedView, IMAGE),
+    "ghost": (Ghost, IMAGE),
 }
 
 

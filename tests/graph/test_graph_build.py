@@ -236,6 +236,22 @@ def test_split_along_channels_is_refused():
     assert "splits channels at fixed sizes" in g.explain("a.0")
 
 
+def test_ghost_slice_to_full_width_is_pruned_and_a_narrowing_slice_is_kept():
+    model, x = make("ghost")
+    g = build_graph(model, x)
+    # [:, :12] of 12 channels and [:, :8] of 8 are the identity: those modules prune
+    assert _group(g, "g1.primary.0").prunable, g.explain("g1.primary.0")
+    assert _group(g, "stem.0").prunable, g.explain("stem.0")
+    # [:, :5] of 6 selects channels (a hard-coded 5): kept whole, with the op named
+    assert not _group(g, "odd.primary.0").prunable
+    assert "selects channels" in g.explain("odd.primary.0")
+    before = model(x)
+    apply_plan(model, make_plan(g, random_scores(model, seed=0), ratio=0.5))
+    assert model.g1.primary[0].out_channels == 3 and model.g1.cheap[0].out_channels == 3
+    assert model.odd.primary[0].out_channels == 3
+    assert model(x).shape == before.shape
+
+
 def test_untraceable_root_raises_clear_error():
     class Bad(nn.Module):
         def __init__(self):
