@@ -343,6 +343,53 @@ def _linear(ctx: Context, node: Node, m: nn.Linear) -> Result:
     return ChannelInfo(ndim - 1, out, 1)
 
 
+def _f_linear(ctx: Context, node: Node, target: Any) -> Result:
+    """``F.linear(input, weight, bias)`` as custom layers call it (timm's ``Linear``):
+    with a 2-D ``weight`` parameter of the model, its input channels are pruned with the
+    channels of ``input``'s last dim, and its output channels form a group of their own,
+    like ``nn.Linear``'s (pruned only when the owner is an ``nn.Linear`` whose ``weight``
+    and ``bias`` are the ones passed, so the criteria score the right rows)."""
+    src = _arg(node, 0, "input")
+    x = ctx.info(src)
+    why = lambda text: _why(node, text, ctx)  # noqa: E731
+    w = ctx.param_of(_arg(node, 1, "weight"))
+    b_arg = _arg(node, 2, "bias")
+    b = ctx.param_of(b_arg) if b_arg is not None else None
+    in_shape = ctx.shape(src)
+    if w is None or w[1].dim() != 2 or (b_arg is not None and (b is None or b[1].dim() != 1)):
+        if x is not None:
+            ctx.freeze(x, why("its weight is not a 2-D parameter of the model"))
+        for a in node.all_input_nodes:
+            q = ctx.param_of(a)
+            if q is not None:
+                ctx.state.opaque_tensors.setdefault(q[0], why(f"reads {q[0]}"))
+        return None
+    wname, (owner, mod) = w[0], _owner(ctx, w[0])
+    if x is not None:
+        if in_shape is None or x.dim != len(in_shape) - 1 or w[1].shape[1] != x.size:
+            ctx.freeze(x, why("applied to a dim that is not the channel dim"))
+        else:
+            ctx.state.add_tensor(wname, 1, x.block, x.elems, "in", owner)
+            _add_owner_attr(ctx, [owner], "in_features", x)
+    n_out = int(w[1].shape[0])
+    whole = isinstance(mod, nn.Linear) and mod.weight is w[1] and (
+        (b is None and mod.bias is None) or (b is not None and mod.bias is b[1]))
+    key = owner if whole else wname
+    if key in ctx.state.out_maps:
+        out = tuple(ctx.state.out_maps[key][0])
+    else:
+        out = ctx.state.new_space(key, n_out, None if whole else why(
+            "its weight is not the weight of an nn.Linear module"))
+    ctx.state.add_tensor(wname, 0, 1, out, "out", owner)
+    if b is not None:
+        ctx.state.add_tensor(b[0], 0, 1, out, "out", owner)
+    if whole:
+        ctx.add_attr(owner, "out_features", 1, out)
+    ctx.state.set_out(key, out, 1)
+    shape = ctx.shape(node)
+    return ChannelInfo((len(shape) if shape is not None else 2) - 1, out, 1)
+
+
 def _norm(ctx: Context, node: Node, m: nn.Module) -> Result:
     """BatchNorm / InstanceNorm: per-channel parameters and running statistics."""
     name = _qual(node)
@@ -1056,12 +1103,13 @@ _register([nn.PReLU], _prelu)
 _register([nn.GroupNorm], _group_norm)
 _register([nn.LayerNorm], _layer_norm)
 _register([F.batch_norm, F.instance_norm], _f_batch_norm)
+_register([F.linear], _f_linear)
 _register([F.group_norm], _f_group_norm)
 _register([F.layer_norm], _f_layer_norm)
 
 #: Handlers that register the parameters / buffers they read themselves (every other
 #: handler's get_attr inputs are kept whole).
-READS_PARAMETERS = frozenset({_f_batch_norm, _f_group_norm, _f_layer_norm})
+READS_PARAMETERS = frozenset({_f_batch_norm, _f_group_norm, _f_layer_norm, _f_linear})
 
 _UNARY_MODULES = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
                   nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid,

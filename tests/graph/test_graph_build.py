@@ -582,3 +582,55 @@ def test_layer_norm_over_more_than_the_channels_is_kept_whole(monkeypatch):
     g = build_graph(model.eval(), torch.randn(1, 3, 8, 8))
     assert not _group(g, "a.0").prunable
     assert "torch.nn.functional.layer_norm: normalises the channels together" in g.explain("a.0")
+
+
+class _FLinear(nn.Linear):
+    """timm's ``Linear``: an nn.Linear whose forward calls F.linear."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class _FLinearNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = cbr(3, 8)
+        self.fc1 = _FLinear(8 * 2 * 2, 12)
+        self.fc2 = _FLinear(12, 3)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.a(x), 2).flatten(1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def test_functional_linear_prunes_inputs_and_outputs_like_nn_linear():
+    torch.manual_seed(0)
+    model = _FLinearNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    g = build_graph(model, x)
+    assert _group(g, "a.0").prunable, g.explain("a.0")
+    assert _group(g, "fc1").prunable, g.explain("fc1")
+    assert not g.unprunable_ops(), g.unprunable_ops()
+    before = model(x)
+    apply_plan(model, make_plan(g, random_scores(model, seed=0), ratio=0.5))
+    assert model.a[0].out_channels == 4 and model.fc1.in_features == 16
+    assert model.fc1.out_features == 6 == model.fc2.in_features
+    assert tuple(model.fc1.weight.shape) == (6, 16)
+    assert model(x).shape == before.shape
+
+
+def test_functional_linear_with_a_foreign_weight_keeps_its_outputs():
+    class Foreign(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = cbr(3, 8)
+            self.w = nn.Parameter(torch.randn(5, 8))
+            self.head = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.head(F.linear(self.a(x).mean([2, 3]), self.w))
+
+    g = build_graph(Foreign(), torch.randn(2, 3, 8, 8))
+    assert _group(g, "a.0").prunable, g.explain("a.0")  # its input side prunes
+    frozen = [grp for grp in g.groups if not grp.prunable and grp.size == 5]
+    assert frozen and "not the weight of an nn.Linear module" in " ".join(frozen[0].reasons)
