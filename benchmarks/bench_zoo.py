@@ -19,6 +19,7 @@ Usage::
     python benchmarks/bench_zoo.py --models resnet18,resnext50_32x4d --json out.json
     python benchmarks/bench_zoo.py --max-params 100e6    # skip the giant ones
     python benchmarks/bench_zoo.py --tp-timeout 600      # Torch-Pruning in a subprocess, 10 min each
+    python benchmarks/bench_zoo.py --models timm:ghostnet_100,timm:rexnet_100   # timm models
 
 Input size: ``--size`` (default 64) for the CNNs; 224 for the models with fixed
 sizes (ViT, MaxViT) and for Swin (window partition), 96 for Inception-v3.
@@ -60,6 +61,9 @@ def input_size(name: str, default: int) -> int:
 
 def make_model(tv: Any, name: str) -> nn.Module:
     torch.manual_seed(0)
+    if name.startswith("timm:"):  # a timm model (timm must import)
+        import timm
+        return timm.create_model(name[len("timm:"):], pretrained=False).eval()
     kw: Dict[str, Any] = {"weights": None}
     if name in ("googlenet", "inception_v3"):
         kw.update(aux_logits=False, init_weights=False)
