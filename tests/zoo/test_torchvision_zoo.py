@@ -176,6 +176,39 @@ def test_zoo_model_prunes_exactly_and_runs(name):
         assert p.grad is None or p.grad.shape == p.shape, n
 
 
+@pytest.mark.parametrize("name", _cases())
+def test_zoo_model_keeps_training_after_pruning_with_an_old_graph_alive(name):
+    """Item 1 on the zoo: train, keep a graph, prune with optimizer=, train on."""
+    x2 = _x(name).expand(2, *_x(name).shape[1:]).contiguous()  # BN in train mode needs > 1 sample
+    model = bench.make_model(tv, name).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def loss_of():
+        out = model(x2)
+        return (out[0] if isinstance(out, tuple) else out).float().square().mean()
+
+    loss = loss_of()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    kept = loss_of()  # a graph from before pruning, still referenced
+    w = _quiet()
+    try:
+        pyprune.prune(model, _x(name), method="l1", ratio=0.5, optimizer=opt)
+    finally:
+        w.__exit__(None, None, None)
+    for _ in range(2):
+        loss = loss_of()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    for n, p in model.named_parameters():
+        assert p.grad is None or p.grad.shape == p.shape, n
+    with pytest.raises(RuntimeError, match="before pyprune.prune"):
+        kept.backward()
+
+
 @pytest.mark.parametrize("name", sorted(set(TP_PARAMS) | set(TP_LIVE)))
 def test_zoo_params_within_1_1x_of_torch_pruning(name):
     x = _x(name)
