@@ -165,7 +165,7 @@ def _onnx_export(net: torch.nn.Module, x: torch.Tensor, path: str) -> str:
     import inspect
     import warnings
 
-    names = {"input_names": ["input"], "output_names": ["output"]}
+    names: Dict[str, Any] = {"input_names": ["input"], "output_names": ["output"]}
     params = inspect.signature(torch.onnx.export).parameters
     if "dynamo" in params:
         try:
