@@ -322,7 +322,6 @@ def _linear(ctx: Context, node: Node, m: nn.Linear) -> Result:
     name = _qual(node)
     src = _arg(node, 0, "input")
     x = ctx.info(src)
-    shape = ctx.shape(node)
     if x is not None:
         in_shape = ctx.shape(src)
         if in_shape is None or x.dim != len(in_shape) - 1:
@@ -330,17 +329,30 @@ def _linear(ctx: Context, node: Node, m: nn.Linear) -> Result:
         else:
             ctx.add_tensor(name, "weight", 1, x.block, x.elems, "in")
             ctx.add_attr(name, "in_features", x.block, x.elems)
-    if name in ctx.state.out_maps:
-        out = tuple(ctx.state.out_maps[name][0])
+    tensors = [(t, name) for t in (ctx.tensor_name(name, "weight"),
+                                   ctx.tensor_name(name, "bias") if m.bias is not None else None)
+               if t is not None]
+    return _linear_outputs(ctx, node, name, m.out_features, tensors, name)
+
+
+def _linear_outputs(ctx: Context, node: Node, key: str, n_out: int,
+                    tensors: Sequence[Tuple[str, str]], attr_owner: Optional[str],
+                    frozen: Optional[str] = None) -> ChannelInfo:
+    """The output channels of a linear layer (``nn.Linear`` or ``F.linear``): one channel
+    space per ``key`` (a layer called twice reuses it), the rows of ``tensors``
+    (``[(canonical name, owner module)]``) and ``attr_owner.out_features`` follow it;
+    ``frozen``: the reason it is kept whole."""
+    if key in ctx.state.out_maps:
+        out = tuple(ctx.state.out_maps[key][0])
     else:
-        out = ctx.state.new_space(name, m.out_features)
-    ctx.add_tensor(name, "weight", 0, 1, out, "out")
-    if m.bias is not None:
-        ctx.add_tensor(name, "bias", 0, 1, out, "out")
-    ctx.add_attr(name, "out_features", 1, out)
-    ctx.state.set_out(name, out, 1)
-    ndim = len(shape) if shape is not None else 2
-    return ChannelInfo(ndim - 1, out, 1)
+        out = ctx.state.new_space(key, n_out, frozen)
+    for tname, owner in tensors:
+        ctx.state.add_tensor(tname, 0, 1, out, "out", owner)
+    if attr_owner is not None:
+        ctx.add_attr(attr_owner, "out_features", 1, out)
+    ctx.state.set_out(key, out, 1)
+    shape = ctx.shape(node)
+    return ChannelInfo((len(shape) if shape is not None else 2) - 1, out, 1)
 
 
 def _f_linear(ctx: Context, node: Node, target: Any) -> Result:
@@ -359,10 +371,7 @@ def _f_linear(ctx: Context, node: Node, target: Any) -> Result:
     if w is None or w[1].dim() != 2 or (b_arg is not None and (b is None or b[1].dim() != 1)):
         if x is not None:
             ctx.freeze(x, why("its weight is not a 2-D parameter of the model"))
-        for a in node.all_input_nodes:
-            q = ctx.param_of(a)
-            if q is not None:
-                ctx.state.opaque_tensors.setdefault(q[0], why(f"reads {q[0]}"))
+        _keep_read_tensors_whole(ctx, node, why)
         return None
     wname, (owner, mod) = w[0], _owner(ctx, w[0])
     if x is not None:
@@ -371,23 +380,13 @@ def _f_linear(ctx: Context, node: Node, target: Any) -> Result:
         else:
             ctx.state.add_tensor(wname, 1, x.block, x.elems, "in", owner)
             _add_owner_attr(ctx, [owner], "in_features", x)
-    n_out = int(w[1].shape[0])
     whole = isinstance(mod, nn.Linear) and mod.weight is w[1] and (
         (b is None and mod.bias is None) or (b is not None and mod.bias is b[1]))
-    key = owner if whole else wname
-    if key in ctx.state.out_maps:
-        out = tuple(ctx.state.out_maps[key][0])
-    else:
-        out = ctx.state.new_space(key, n_out, None if whole else why(
-            "its weight is not the weight of an nn.Linear module"))
-    ctx.state.add_tensor(wname, 0, 1, out, "out", owner)
-    if b is not None:
-        ctx.state.add_tensor(b[0], 0, 1, out, "out", owner)
-    if whole:
-        ctx.add_attr(owner, "out_features", 1, out)
-    ctx.state.set_out(key, out, 1)
-    shape = ctx.shape(node)
-    return ChannelInfo((len(shape) if shape is not None else 2) - 1, out, 1)
+    tensors = [(wname, owner)] + ([(b[0], owner)] if b is not None else [])
+    return _linear_outputs(
+        ctx, node, owner if whole else wname, int(w[1].shape[0]), tensors,
+        owner if whole else None,
+        None if whole else why("its weight is not the weight of an nn.Linear module"))
 
 
 def _norm(ctx: Context, node: Node, m: nn.Module) -> Result:
@@ -495,6 +494,15 @@ def _owner(ctx: Context, pname: str) -> Tuple[str, Optional[nn.Module]]:
     return mod, ctx.modules.get(mod)
 
 
+def _keep_read_tensors_whole(ctx: Context, node: Node, why: Callable[[str], str]) -> None:
+    """Every parameter / buffer ``node`` reads stays whole (a handler of
+    :data:`READS_PARAMETERS` that gives up on its own tensors)."""
+    for a in node.all_input_nodes:
+        q = ctx.param_of(a)
+        if q is not None:
+            ctx.state.opaque_tensors.setdefault(q[0], why(f"reads {q[0]}"))
+
+
 def _tensor_args(ctx: Context, node: Node, x: ChannelInfo, spec: Sequence[Tuple[int, str]],
                  why) -> Optional[List[Tuple[str, str]]]:
     """The per-channel tensors a functional norm reads (``spec``: position, keyword):
@@ -509,10 +517,7 @@ def _tensor_args(ctx: Context, node: Node, x: ChannelInfo, spec: Sequence[Tuple[
         if p is None or p[1].dim() != 1 or p[1].numel() != x.size:
             ctx.freeze(x, why(f"its {kw} is not a per-channel parameter or buffer of the "
                               "model"))
-            for b in node.all_input_nodes:  # and whatever it reads stays whole
-                q = ctx.param_of(b)
-                if q is not None:
-                    ctx.state.opaque_tensors.setdefault(q[0], why(f"reads {q[0]}"))
+            _keep_read_tensors_whole(ctx, node, why)
             return None
         found.append((p[0], _owner(ctx, p[0])[0]))
     return found
