@@ -26,7 +26,6 @@ __all__ = ["PlanConfig", "Plan", "make_plan", "group_scores", "REDUCE_CHOICES", 
 #: The accepted values of ``reduce`` and ``normalize`` (also checked by :func:`pyprune.prune`).
 REDUCE_CHOICES = ("sum", "mean", "max")
 NORMALIZE_CHOICES = (None, "mean", "max", "sum")
-_REDUCE, _NORMALIZE = REDUCE_CHOICES, NORMALIZE_CHOICES
 
 
 @dataclass
@@ -76,10 +75,10 @@ class PlanConfig:
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \
                 or self.round_to < 1:
             raise ValueError(f"round_to must be an int >= 1, got {self.round_to!r}")
-        if self.reduce not in _REDUCE:
-            raise ValueError(f"reduce must be one of {_REDUCE}, got {self.reduce!r}")
-        if self.normalize not in _NORMALIZE:
-            raise ValueError(f"normalize must be one of {_NORMALIZE}, got {self.normalize!r}")
+        if self.reduce not in REDUCE_CHOICES:
+            raise ValueError(f"reduce must be one of {REDUCE_CHOICES}, got {self.reduce!r}")
+        if self.normalize not in NORMALIZE_CHOICES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {self.normalize!r}")
         if isinstance(self.ignore, (str, nn.Module)):
             self.ignore = (self.ignore,)
 
@@ -128,8 +127,8 @@ class Plan:
 def group_scores(graph: DependencyGraph, scores: Mapping[str, Any],
                  reduce: str = "sum") -> torch.Tensor:
     """One float64 score per flat channel of ``graph``; NaN where no score was given."""
-    if reduce not in _REDUCE:
-        raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
+    if reduce not in REDUCE_CHOICES:
+        raise ValueError(f"reduce must be one of {REDUCE_CHOICES}, got {reduce!r}")
     # Fast path: every layer's scores a float32/float64 CPU tensor of the right length,
     # gathered into one array and accumulated with one op (the layers' order is kept,
     # so every channel sums its members' scores in the same order as one op per layer
