@@ -92,6 +92,17 @@ def pyprune_slimming(model: torch.nn.Module, lam: float, opt: torch.optim.Optimi
     return slimming(model, lam=lam, optimizer=opt)
 
 
+def lat(model: torch.nn.Module, gpu: bool = True) -> Dict[str, float]:
+    """Median ms at batch 1 and 64: ``cpu_b{b}_ms``, and ``cuda_b{b}_ms`` when a GPU is
+    present and ``gpu``."""
+    out = {}
+    for b in (1, 64):
+        out[f"cpu_b{b}_ms"] = latency(model, (b, 3, 32, 32), torch.device("cpu"), max_seconds=2.0)["median_ms"]
+        if gpu and torch.cuda.is_available():
+            out[f"cuda_b{b}_ms"] = latency(model, (b, 3, 32, 32), torch.device("cuda"))["median_ms"]
+    return out
+
+
 def relatency(args: argparse.Namespace) -> int:
     """Latency of the saved models, measured round by round (every model once per round,
     the order rotated), each figure the median over the rounds of the per-round medians."""
@@ -108,9 +119,8 @@ def relatency(args: argparse.Namespace) -> int:
     order = list(models)
     for r in range(args.rounds):
         for n in order[r % len(order):] + order[:r % len(order)]:
-            for b, k in zip((1, 64), keys):
-                got[n][k].append(latency(models[n], (b, 3, 32, 32), torch.device("cpu"),
-                                         max_seconds=2.0)["median_ms"])
+            for k, v in lat(models[n], gpu=False).items():
+                got[n][k].append(v)
     res = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in got.items()}
     rows = [[n, f"{res[n][keys[0]]:.2f}", f"{res[n][keys[1]]:.1f}",
              f"{res['dense'][keys[1]] / res[n][keys[1]]:.2f}x"] for n in models]
@@ -202,14 +212,6 @@ def main() -> int:
     if args.save_dir:
         os.makedirs(args.save_dir, exist_ok=True)
         pyprune.save(dense_cpu, os.path.join(args.save_dir, "dense.pt"))
-
-    def lat(model: torch.nn.Module) -> Dict[str, float]:
-        out = {}
-        for b in (1, 64):
-            out[f"cpu_b{b}_ms"] = latency(model, (b, 3, 32, 32), torch.device("cpu"), max_seconds=2.0)["median_ms"]
-            if torch.cuda.is_available():
-                out[f"cuda_b{b}_ms"] = latency(model, (b, 3, 32, 32), torch.device("cuda"))["median_ms"]
-        return out
 
     rows: List[Dict[str, Any]] = [{"method": "dense", "accuracy": dense_eval["accuracy"], "params": dprof.params,
                                    "flops": dprof.flops, **lat(dense_cpu)}]
