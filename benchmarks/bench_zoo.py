@@ -169,7 +169,8 @@ def tp_isolated(name: str, size: int, timeout: float) -> Dict[str, Any]:
     import subprocess
 
     t0 = time.perf_counter()
-    cmd = [sys.executable, os.path.abspath(__file__), "--_tp-child", name, str(size)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--_tp-child", name, str(size),
+           "--threads", str(torch.get_num_threads())]  # as many threads as pyprune had
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
