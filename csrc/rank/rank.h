@@ -14,9 +14,11 @@
 //    Rounding errors are ~1e-16 * sigma_max^2, far below tol^2 >=
 //    (eps32 * sigma_max)^2 ~ 1.4e-14 * sigma_max^2.  On the CPU, matrices
 //    are settled before the reduction where possible: all-zero ones (rank
-//    0), and full-rank ones by an LDL^T (Cholesky) test of G - tau I with
-//    tau >= 1.02 tol^2 plus the test's own error bound, which proves every
-//    eigenvalue lies more than 1% above tol^2 (rank n).  The rest are
+//    0), and ones of full rank apart from exactly-zero columns by an LDL^T
+//    (Cholesky) test of G - tau I, with tau >= 1.02 tol^2 plus the test's own
+//    error bound, on the lines of G that are not zero: it proves every other
+//    eigenvalue lies more than 1% above tol^2 (rank n minus the number of
+//    zero columns; ReLU feature maps often have some).  The rest are
 //    regrouped four at a time for the full path.
 //  * float64 input: Householder bidiagonalisation (Golub-Kahan), then Sturm
 //    counts on the 2n x 2n Golub-Kahan tridiagonal matrix, whose eigenvalues

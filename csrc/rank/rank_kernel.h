@@ -24,6 +24,13 @@ namespace pyprune {
 namespace PYPRUNE_KERNEL_NS {
 
 static_assert(kLanes == 4, "the vector type below holds 4 doubles");
+// Lanes (i0, i1, i2, i3) of the concatenation a:b of two 4-float vectors.
+#if defined(__clang__)
+#define PYPRUNE_SHUFFLE4(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
+#else
+#define PYPRUNE_SHUFFLE4(a, b, i0, i1, i2, i3) \
+  __builtin_shuffle(a, b, (int __attribute__((vector_size(16)))){i0, i1, i2, i3})
+#endif
 typedef double vd __attribute__((vector_size(32)));
 
 inline vd splat(double x) { return vd{x, x, x, x}; }
@@ -37,7 +44,17 @@ inline vd vsqrt(vd x) {
 // Power of two closest below 1/x for x > 0 (1 for x == 0): exact scaling.
 inline double pow2_recip(double x) {
   if (!(x > 0.0) || !std::isfinite(x)) return 1.0;
-  int e;
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  const int biased = static_cast<int>(u >> 52);  // x > 0: no sign bit
+  if (biased >= 2 && biased <= 2044) {
+    // x = f * 2^(biased - 1022), f in [0.5, 1): the answer 2^(1022 - biased) is normal.
+    const uint64_t r = static_cast<uint64_t>(2044 - biased) << 52;
+    double out;
+    std::memcpy(&out, &r, 8);
+    return out;
+  }
+  int e;  // subnormal or huge x: the general route
   std::frexp(x, &e);  // x = f * 2^e, f in [0.5, 1)
   return std::ldexp(1.0, -e);
 }
@@ -117,13 +134,17 @@ void load_group(const RankJob& job, const View& v, const int64_t* offs, int nl,
     for (int64_t r = 0; r < v.m; ++r) {
       vd* xr = X + r * ld;
       for (int64_t c = 0; c < c_vec; c += 4) {
-        vd rows[kLanes];
-        for (int l = 0; l < kLanes; ++l) {
-          vf f;
-          std::memcpy(&f, p[l] + r * v.sr + c, sizeof(f));
-          rows[l] = __builtin_convertvector(f, vd);
-        }
-        for (int i = 0; i < 4; ++i) xr[c + i] = vd{rows[0][i], rows[1][i], rows[2][i], rows[3][i]};
+        vf f[kLanes];
+        for (int l = 0; l < kLanes; ++l) std::memcpy(&f[l], p[l] + r * v.sr + c, sizeof(vf));
+        // 4x4 transpose in float (two rounds of interleaves), then widen.
+        const vf t0 = PYPRUNE_SHUFFLE4(f[0], f[1], 0, 4, 1, 5);  // a0 b0 a1 b1
+        const vf t1 = PYPRUNE_SHUFFLE4(f[2], f[3], 0, 4, 1, 5);  // c0 d0 c1 d1
+        const vf t2 = PYPRUNE_SHUFFLE4(f[0], f[1], 2, 6, 3, 7);  // a2 b2 a3 b3
+        const vf t3 = PYPRUNE_SHUFFLE4(f[2], f[3], 2, 6, 3, 7);  // c2 d2 c3 d3
+        xr[c + 0] = __builtin_convertvector(PYPRUNE_SHUFFLE4(t0, t1, 0, 1, 4, 5), vd);
+        xr[c + 1] = __builtin_convertvector(PYPRUNE_SHUFFLE4(t0, t1, 2, 3, 6, 7), vd);
+        xr[c + 2] = __builtin_convertvector(PYPRUNE_SHUFFLE4(t2, t3, 0, 1, 4, 5), vd);
+        xr[c + 3] = __builtin_convertvector(PYPRUNE_SHUFFLE4(t2, t3, 2, 3, 6, 7), vd);
       }
     }
     if (c_vec == v.n) return;
@@ -439,19 +460,17 @@ inline void tridiagonalize(vd* G, int64_t n, vd* d, vd* e, vd* v, vd* p, vd* v1,
   d[n - 1] = G[col_start(n - 1, n)];
 }
 
-// Per lane, 1.0 where G - tau I is positive definite, else 0.0, by an LDL^T
-// factorisation without pivoting (exactly Cholesky's pivots, no square
-// roots) of a copy C of packed G.  Only lanes set in `candidate` (1.0) are
-// tested; a lane whose pivot is not positive drops out (its pivot is replaced
-// by 1 so the other lanes go on), and the factorisation stops once no lane is
-// left.  It costs n^3/6 multiply-adds against the tridiagonal reduction's
-// 2n^3/3.  Cholesky is backward stable: success means G - tau I + E is
-// positive definite with ||E|| <= c n^2 eps ||G||, so lambda_min(G) > tau -
-// c n^2 eps ||G||, and the caller's tau includes that margin.
-inline vd positive_definite_shifted(const vd* G, int64_t n, vd tau, vd candidate, vd* C) {
-  const int64_t packed = n * (n + 1) / 2;
-  for (int64_t i = 0; i < packed; ++i) C[i] = G[i];
-  for (int64_t j = 0; j < n; ++j) C[col_start(j, n)] -= tau;
+// Per lane, 1.0 where the packed matrix C (already holding G - tau I, see
+// full_rank_lanes) is positive definite, else 0.0, by an LDL^T factorisation
+// without pivoting (exactly Cholesky's pivots, no square roots), in place.
+// Only lanes set in `candidate` (1.0) are tested; a lane whose pivot is not
+// positive drops out (its pivot is replaced by 1 so the other lanes go on),
+// and the factorisation stops once no lane is left.  It costs n^3/6
+// multiply-adds against the tridiagonal reduction's 2n^3/3.  Cholesky is
+// backward stable: success means G - tau I + E is positive definite with
+// ||E|| <= c n^2 eps ||G||, so lambda_min(G) > tau - c n^2 eps ||G||, and the
+// caller's tau includes that margin.
+inline vd positive_definite(vd* C, int64_t n, vd candidate) {
   vd ok = candidate;
   // Keeps the lanes whose pivot x is positive (false for NaN); returns the
   // pivot to divide by (1 in lanes that dropped out).
@@ -510,12 +529,13 @@ inline vd positive_definite_shifted(const vd* G, int64_t n, vd tau, vd candidate
   return ok;
 }
 
-// Exact power-of-two scaling of packed G so each lane's largest diagonal
-// entry is in [0.5, 1).  Returns the scale; *check is NaN in lanes whose
-// diagonal holds NaN or Inf (for float32/16 input every squared entry is
-// finite in float64, so that is exactly when the matrix does), *zero is 1.0
-// in lanes whose matrix is all zeros (its diagonal sums squares).
-inline vd scale_gram(vd* G, int64_t n, vd* check, vd* zero) {
+// Per-lane facts about packed G, which is not modified: the exact power-of-two
+// scale that puts the largest diagonal entry in [0.5, 1) (returned); *check
+// is NaN in lanes whose diagonal holds NaN or Inf (for float32/16 input every
+// squared entry is finite in float64, so that is exactly when the matrix
+// does), *zero is 1.0 in lanes whose matrix is all zeros (its diagonal sums
+// squares).
+inline vd gram_scale(const vd* G, int64_t n, vd* check, vd* zero) {
   vd maxdiag = splat(0.0), c = splat(0.0);
   for (int64_t j = 0; j < n; ++j) {
     const vd g = G[col_start(j, n)];
@@ -524,33 +544,54 @@ inline vd scale_gram(vd* G, int64_t n, vd* check, vd* zero) {
   }
   vd s;
   for (int l = 0; l < kLanes; ++l) s[l] = pow2_recip(maxdiag[l]);
-  const int64_t packed = n * (n + 1) / 2;
-  for (int64_t i = 0; i < packed; ++i) G[i] *= s;
   *check = c;
   *zero = maxdiag == splat(0.0) ? splat(1.0) : splat(0.0);
   return s;
 }
 
-// Full-rank test of scaled G: 1.0 in `candidate` lanes where the rank is n for
-// certain.  The rank is n when lambda_min(G) > tol^2 for the matrix's
-// lambda_max, which holds when G - tau I is positive definite for tau >= 1.02
-// tol^2(hi) + the factorisation's error margin, where hi >= lambda_max is the
-// smaller of trace(G) and G's largest absolute row sum (both bound lambda_max
-// of a positive semidefinite matrix).  Then every eigenvalue lies more than
-// 1% above tol^2, where the contract asks for rank n.  `rowsum` is n vectors
-// of scratch, C a packed copy.
-inline vd full_rank_lanes(const vd* G, int64_t n, vd s, vd candidate, double atol, double rtol, vd* rowsum,
-                          vd* C) {
-  vd trace = splat(0.0);
+inline void scale_packed(vd* G, int64_t n, vd s) {
+  const int64_t packed = n * (n + 1) / 2;
+  for (int64_t i = 0; i < packed; ++i) G[i] *= s;
+}
+
+// Full-rank test of the unscaled Gram G = X^T X, which it does not modify:
+// returns 1.0 in `candidate` lanes where rank(X) = n - z for certain, z (in
+// *zero_cols) being the number of X's columns that are exactly zero.
+//
+// A zero column of X is a zero diagonal entry of G (a sum of squares, exact
+// in float64 for float32/16 input: no product underflows) with the whole of
+// its row and column zero.  Such a line is left out: X's singular values are
+// those of X without its zero columns, plus z exact zeros (never above tol).
+// The rest has rank n - z when lambda_min > tol^2 for the matrix's
+// lambda_max, which holds when G - tau I restricted to the other lines is
+// positive definite for tau >= 1.02 tol^2(hi) + the factorisation's error
+// margin, where hi >= lambda_max is the smaller of trace(G) and G's largest
+// absolute row sum (both bound lambda_max of a positive semidefinite matrix).
+// Then every nonzero singular value lies more than 1% above tol, where the
+// contract asks for rank n - z.  The test needs no scaling: squares of
+// float32/16 values and their sums stay far inside float64's range.  In the
+// copy C the zero lines keep their exact zeros and get a unit diagonal, so
+// the factorisation passes them with pivot 1 and leaves the others exactly
+// as it would without them.  `rowsum` is n vectors of scratch, C a packed
+// copy (one pass over G fills both).
+inline vd full_rank_lanes(const vd* G, int64_t n, vd candidate, double atol, double rtol, vd* rowsum,
+                          vd* C, vd* zero_cols) {
+  vd trace = splat(0.0), zc = splat(0.0);
   for (int64_t i = 0; i < n; ++i) rowsum[i] = splat(0.0);
   for (int64_t j = 0; j < n; ++j) {
     const vd* cj = G + col_start(j, n);
-    trace += cj[0];
-    vd colsum = vabs(cj[0]);
+    vd* dj = C + col_start(j, n);
+    const vd g = cj[0];
+    dj[0] = g;
+    trace += g;
+    zc += g == splat(0.0) ? splat(1.0) : splat(0.0);
+    vd colsum = vabs(g);
     for (int64_t i = j + 1; i < n; ++i) {
-      const vd a = vabs(cj[i - j]);
-      colsum += a;
-      rowsum[i] += a;
+      const vd a = cj[i - j];
+      dj[i - j] = a;
+      const vd aa = vabs(a);
+      colsum += aa;
+      rowsum[i] += aa;
     }
     rowsum[j] += colsum;
   }
@@ -559,9 +600,14 @@ inline vd full_rank_lanes(const vd* G, int64_t n, vd s, vd candidate, double ato
   const double nn = static_cast<double>(n);
   // Sums rounded to nearest are within a factor (1 + n eps) of the exact ones.
   const vd hi = (maxrow < trace ? maxrow : trace) * (1.0 + 4.0 * nn * DBL_EPSILON);
-  const vd thr = vmax(splat(atol * atol) * s, splat(rtol * rtol) * hi);
+  const vd thr = vmax(splat(atol * atol), splat(rtol * rtol) * hi);
   const vd tau = 1.02 * thr + splat(8.0 * (nn * nn + nn) * DBL_EPSILON) * trace;
-  return positive_definite_shifted(G, n, tau, candidate, C);
+  for (int64_t j = 0; j < n; ++j) {
+    vd& d = C[col_start(j, n)];
+    d = d == splat(0.0) ? splat(1.0) : d - tau;
+  }
+  *zero_cols = zc;
+  return positive_definite(C, n, candidate);
 }
 
 // Ranks of scaled G (destroyed) by the tridiagonal reduction and Sturm
@@ -598,7 +644,7 @@ inline vd gram_ranks_full(vd* G, int64_t n, vd s, vd check, vd* work, double ato
 
 // The Gram path of one thread's range of groups.  Each group's matrices are
 // settled early where possible (all-zero matrices: rank 0; the full-rank
-// test above: rank n); the others take the full path, but not in their own
+// test above: rank n minus the zero columns); the others take the full path, but not in their own
 // group: they wait in a pending group of four collected across groups (each
 // lane's arithmetic is independent of the other lanes, so the result does
 // not depend on the company), and a group where nothing was settled runs
@@ -631,7 +677,7 @@ struct GramRange {
   // G: the group's packed Gram matrices, nl lanes used, outputs from b0.
   void group(vd* G, int nl, int64_t b0) {
     vd check, zero;
-    const vd s = scale_gram(G, n, &check, &zero);
+    const vd s = gram_scale(G, n, &check, &zero);  // applied only on the full path
     vd done = splat(0.0), rank = splat(0.0);
     vd candidate;
     for (int l = 0; l < kLanes; ++l) {
@@ -641,12 +687,13 @@ struct GramRange {
     }
     const bool any_candidate = candidate[0] + candidate[1] + candidate[2] + candidate[3] > 0.0;
     if (any_candidate && tested_failed <= tested_ok + 32) {
-      const vd full = full_rank_lanes(G, n, s, candidate, job.atol, job.rtol, work, C);
+      vd zero_cols;
+      const vd full = full_rank_lanes(G, n, candidate, job.atol, job.rtol, work, C, &zero_cols);
       for (int l = 0; l < kLanes; ++l) {
         if (candidate[l] == 0.0) continue;
         if (full[l] != 0.0) {
           done[l] = 1.0;
-          rank[l] = static_cast<double>(n);
+          rank[l] = static_cast<double>(n) - zero_cols[l];
           ++tested_ok;
         } else {
           ++tested_failed;
@@ -656,6 +703,7 @@ struct GramRange {
     int settled = 0;
     for (int l = 0; l < nl; ++l) settled += done[l] != 0.0;
     if (settled == 0) {  // nothing to take out: the full path on the group itself
+      scale_packed(G, n, s);
       const vd r = gram_ranks_full(G, n, s, check, work, job.atol, job.rtol);
       for (int l = 0; l < nl; ++l) job.out[b0 + l] = static_cast<int64_t>(r[l]);
       return;
@@ -667,7 +715,8 @@ struct GramRange {
         continue;
       }
       const int q = pending++;
-      for (int64_t i = 0; i < packed; ++i) P[i][q] = G[i][l];
+      const double sl = s[l];
+      for (int64_t i = 0; i < packed; ++i) P[i][q] = G[i][l] * sl;
       ps[q] = s[l];
       pcheck[q] = check[l];
       pout[q] = b0 + l;

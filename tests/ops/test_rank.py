@@ -233,6 +233,64 @@ def test_full_rank_shortcut_at_the_threshold(n):
         assert torch.equal(matrix_rank(x, atol=tol, threads=threads), expect)  # sigma_max = 1
 
 
+def _with_zero_lines(base, zero_cols, zero_rows, gen):
+    """base (batch, m, n) with zero_cols[b] random columns and zero_rows[b] random rows of
+    matrix b set to exactly zero; the non-zero part keeps base's values."""
+    x = base.clone()
+    batch, m, n = x.shape
+    for b in range(batch):
+        x[b, :, torch.randperm(n, generator=gen)[:int(zero_cols[b])]] = 0
+        x[b, torch.randperm(m, generator=gen)[:int(zero_rows[b])], :] = 0
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,n", [(8, 8), (16, 16), (32, 32), (24, 9), (9, 24), (1, 5), (33, 2)])
+def test_zero_columns_and_rows_set_aside(dtype, m, n):
+    """ReLU maps have exactly-zero rows and columns.  The full-rank test sets the
+    zero lines of the smaller side aside (rank = the rest's rank when that is full);
+    zero lines of the other side, and a rest that is itself deficient, must still go
+    to the full path.  Every count of zero lines, lanes of one group with different
+    counts, both orientations, three tolerance rules: equal to the float64 SVD."""
+    gen = torch.Generator().manual_seed(m * 100 + n)
+    batch = 96
+    k = min(m, n)
+    base = torch.randn(batch, m, n, generator=gen, dtype=torch.float64)
+    low = torch.randn(batch, m, 2, generator=gen, dtype=torch.float64) @ \
+        torch.randn(batch, 2, n, generator=gen, dtype=torch.float64)
+    base[batch // 2:] = low[batch // 2:]  # a deficient rest in the second half
+    zc = torch.randint(0, n + 1, (batch,), generator=gen)
+    zr = torch.randint(0, m + 1, (batch,), generator=gen)
+    zr[::3] = 0  # columns only
+    zc[1::3] = 0  # rows only
+    x = _with_zero_lines(base, zc, zr, gen).to(dtype)
+    expect_le = torch.minimum(n - zc, m - zr).clamp(max=k)
+    for atol, rtol in ((None, None), (None, 1e-2), (1e-3, None)):
+        got = assert_matches_reference(x, atol=atol, rtol=rtol, min_fraction=0.6)
+        assert (got <= expect_le).all()
+        for threads in (1, 2):
+            assert torch.equal(matrix_rank(x, atol=atol, rtol=rtol, threads=threads), got)
+    # Full-rank (Gaussian) rests with only zero columns of the smaller side have a known
+    # rank in float32 (in 16-bit floats, tol = eps * max(m, n) is too coarse for that).
+    only_cols = (zr == 0) & (torch.arange(batch) < batch // 2) & (zc < n)
+    if m >= n and dtype == torch.float32:
+        got = matrix_rank(x)
+        assert torch.equal(got[only_cols], (n - zc)[only_cols].clamp(max=k))
+
+
+def test_zero_column_beside_subnormal_columns():
+    """A column of float32 subnormals is not a zero column: only exact zeros are set
+    aside (their squares, ~1e-90, are far from underflowing in float64)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 10, 10, generator=gen) * 1e-40  # mostly subnormal float32
+    x[:, :, 3] = 0
+    x[::2, :, 7] = 1.4e-45  # the smallest subnormal, a rank-one column
+    ref, ok = reference(x)
+    assert ok.all()
+    assert torch.equal(matrix_rank(x), ref)
+    assert (ref == 9).all()
+
+
 def test_long_batches_of_full_rank_and_deficient_matrices():
     """A run of groups that fail the full-rank test makes the kernel stop
     trying it for the rest of its range: results must not depend on where
