@@ -47,9 +47,10 @@ inline double pow2_recip(double x) {
   uint64_t u;
   std::memcpy(&u, &x, 8);
   const int biased = static_cast<int>(u >> 52);  // x > 0: no sign bit
-  if (biased >= 2 && biased <= 2044) {
-    // x = f * 2^(biased - 1022), f in [0.5, 1): the answer 2^(1022 - biased) is normal.
-    const uint64_t r = static_cast<uint64_t>(2044 - biased) << 52;
+  if (biased >= 1 && biased <= 2044) {
+    // x = f * 2^(biased - 1022), f in [0.5, 1): the answer 2^(1022 - biased) is normal,
+    // with biased exponent (1022 - biased) + 1023.
+    const uint64_t r = static_cast<uint64_t>(2045 - biased) << 52;
     double out;
     std::memcpy(&out, &r, 8);
     return out;
@@ -644,11 +645,11 @@ inline vd gram_ranks_full(vd* G, int64_t n, vd s, vd check, vd* work, double ato
 
 // The Gram path of one thread's range of groups.  Each group's matrices are
 // settled early where possible (all-zero matrices: rank 0; the full-rank
-// test above: rank n minus the zero columns); the others take the full path, but not in their own
-// group: they wait in a pending group of four collected across groups (each
-// lane's arithmetic is independent of the other lanes, so the result does
-// not depend on the company), and a group where nothing was settled runs
-// the full path in place.  The full-rank test is skipped once it has failed
+// test above: rank n minus the zero columns); the others take the full path,
+// but not in their own group: they wait in a pending group of four collected
+// across groups (each lane's arithmetic is independent of the other lanes, so
+// the result does not depend on the company), and a group where nothing was
+// settled runs the full path in place.  The full-rank test is skipped once it has failed
 // in 32 more matrices than it settled (rank-deficient maps).
 struct GramRange {
   const RankJob& job;
