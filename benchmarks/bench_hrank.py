@@ -28,7 +28,7 @@ Memory (``--memory``): each of pyprune and (c) runs in a fresh subprocess; after
 model, the data and a one-image warm-up exist, the peak-RSS counter is reset
 (``/proc/self/clear_refs``) and the peak resident set (VmHWM) reached during the pass,
 minus the resident set before it, is that method's peak memory.  glibc's heap makes
-that figure vary from process to process (ResNet-56's plain forward: 36-61 MiB over six
+that figure vary from process to process (ResNet-56's plain forward: 36-77 MiB across
 processes), so each method runs in ``--memory-repeats`` processes (default 6, the two
 methods alternating) and the medians are compared; the JSON keeps every process's figure.
 

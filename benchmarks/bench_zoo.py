@@ -350,8 +350,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Exception:  # noqa: BLE001
             sizes[name] = 0
     names.sort(key=lambda n: sizes[n])
+    skip = set(args.skip.split(","))
     for name in names:
-        if name in args.skip.split(","):
+        if name in skip:
             continue
         if sizes[name] > args.max_params:
             print(f"{name}: skipped ({sizes[name] / 1e6:.0f} M params)", flush=True)
